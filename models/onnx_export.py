@@ -22,7 +22,7 @@ TRAINING_OPS = {"Dropout", "BatchNormalization"}
 def export(module: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     """Export `module` (in eval mode) to `path`, batch dimension dynamic."""
     module.eval()
-    batch = torch.export.Dim("batch", min=1, max=1024)
+    batch = torch.export.Dim("batch", min=1)
     # `external_data=False` keeps the weights in the .onnx file itself, so
     # the model is one file. `optimize=True` folds batch normalization into
     # the convolutions and drops Dropout.
@@ -38,7 +38,27 @@ def export(module: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
         optimize=True,
     )
     program.save(str(path), external_data=False)
+
+    model = onnx.load(str(path))
+    strip_metadata(model)
+    onnx.save(model, str(path))
     check_graph(path)
+
+
+def strip_metadata(model: onnx.ModelProto) -> None:
+    """Remove the exporter's debugging metadata from `model`.
+
+    The exporter records Python stack traces (with the absolute paths of the
+    installed packages) and FX node names on every node. They would make the
+    file depend on the machine that wrote it.
+    """
+    graph = model.graph
+    del graph.metadata_props[:]
+    for node in graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        del value.metadata_props[:]
 
 
 def check_graph(path: Path) -> None:
