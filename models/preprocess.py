@@ -59,7 +59,10 @@ def to_tensor(image: Image.Image, declaration: dict) -> np.ndarray:
     image = resize(image.convert("RGB"), spec)
 
     if spec["color"] == "GRAY":
-        pixels = np.asarray(image.convert("L"), dtype=np.float32)[:, :, None]
+        # Rec. 709 luma, the weights of the `image` crate's `to_luma8`.
+        # PIL's `convert("L")` uses Rec. 601 weights instead.
+        rgb = np.asarray(image, dtype=np.float32)
+        pixels = (rgb @ np.float32([0.2126, 0.7152, 0.0722]))[:, :, None]
     elif spec["color"] == "BGR":
         pixels = np.asarray(image, dtype=np.float32)[:, :, ::-1]
     else:
