@@ -1,0 +1,518 @@
+//! The reverse walk: which tensors need gradients, their accumulation, and the
+//! assembly of the derived model.
+
+use std::collections::{HashMap, HashSet};
+
+use onnx_protobuf::{GraphProto, ModelProto, NodeProto};
+
+use crate::emitter::Emitter;
+use crate::graph::{Graph, is_default_domain};
+use crate::proto::{FLOAT, attr_int, node_label, value_info};
+use crate::shapes::Shape;
+use crate::{GradientError, GradientModel, IntermediateOutputs, Request, rules};
+
+/// Operators whose outputs carry no gradient even when an input does: shape
+/// arithmetic, comparisons and rounding have zero or undefined derivatives.
+const NON_DIFFERENTIABLE: &[&str] = &[
+    "Shape",
+    "Size",
+    "ConstantOfShape",
+    "Equal",
+    "Greater",
+    "GreaterOrEqual",
+    "Less",
+    "LessOrEqual",
+    "Not",
+    "And",
+    "Or",
+    "Xor",
+    "ArgMax",
+    "ArgMin",
+    "NonZero",
+    "Range",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "IsNaN",
+    "IsInf",
+    "EyeLike",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Constant",
+];
+
+/// The state of one derivation: the forward graph, the nodes emitted so far and
+/// the gradient contributions waiting to be summed.
+#[derive(Debug)]
+pub(crate) struct Backward<'g, 'm> {
+    pub graph: &'g Graph<'m>,
+    pub em: Emitter,
+    /// Copies of the forward nodes; rules may add outputs (MaxPool's indices).
+    pub forward: Vec<NodeProto>,
+    needs: HashSet<String>,
+    contributions: HashMap<String, Vec<String>>,
+    totals: HashMap<String, Option<String>>,
+}
+
+/// One node seen by a gradient rule.
+#[derive(Debug)]
+pub(crate) struct NodeGrads<'n> {
+    pub node: &'n NodeProto,
+    /// The node's position in the forward graph.
+    pub index: usize,
+    /// The gradient of each output, `None` where no gradient flows back.
+    pub outputs: Vec<Option<String>>,
+    /// Whether each input needs a gradient.
+    pub wants: Vec<bool>,
+}
+
+impl NodeGrads<'_> {
+    pub fn input(&self, i: usize) -> &str {
+        self.node.input.get(i).map_or("", String::as_str)
+    }
+
+    pub fn output(&self, i: usize) -> &str {
+        self.node.output.get(i).map_or("", String::as_str)
+    }
+
+    pub fn wants(&self, i: usize) -> bool {
+        self.wants.get(i).copied().unwrap_or(false)
+    }
+
+    /// The gradient of output 0, which every rule's caller guarantees to exist for
+    /// single-output operators.
+    pub fn grad(&self) -> &str {
+        self.outputs.first().and_then(Option::as_deref).unwrap_or("")
+    }
+
+    pub fn label(&self) -> String {
+        node_label(self.node)
+    }
+
+    /// An error for an input whose gradient this operator's rule does not derive.
+    pub fn unsupported_input(&self, i: usize, what: &str) -> GradientError {
+        GradientError::UnsupportedForm {
+            op_type: self.node.op_type.clone(),
+            node: self.label(),
+            detail: format!(
+                "the gradient with respect to {what} (input `{}`) is not supported; \
+                 only data inputs may depend on the differentiated input",
+                self.input(i)
+            ),
+        }
+    }
+
+    pub fn unsupported(&self, detail: impl Into<String>) -> GradientError {
+        GradientError::UnsupportedForm {
+            op_type: self.node.op_type.clone(),
+            node: self.label(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl Backward<'_, '_> {
+    /// Adds `gradient` to the gradient of `tensor`.
+    pub fn accumulate(&mut self, tensor: &str, gradient: String) {
+        self.contributions
+            .entry(tensor.to_owned())
+            .or_default()
+            .push(gradient);
+    }
+
+    /// The summed gradient of `tensor`; call only after all its consumers are processed.
+    fn total(&mut self, tensor: &str) -> Option<String> {
+        if let Some(total) = self.totals.get(tensor) {
+            return total.clone();
+        }
+        let parts = self.contributions.remove(tensor).unwrap_or_default();
+        let total = match parts.len() {
+            0 => None,
+            1 => parts.into_iter().next(),
+            _ => {
+                let inputs: Vec<&str> = parts.iter().map(String::as_str).collect();
+                Some(self.em.op("Sum", &inputs, vec![]))
+            }
+        };
+        self.totals.insert(tensor.to_owned(), total.clone());
+        total
+    }
+
+    /// The summed gradient of `tensor`, or zeros shaped like it when nothing flows back.
+    fn total_or_zeros(&mut self, tensor: &str) -> String {
+        match self.total(tensor) {
+            Some(total) => total,
+            None => {
+                let shape = self.em.shape(tensor);
+                self.em.zeros_of_shape(&shape)
+            }
+        }
+    }
+
+    pub fn shape(&self, tensor: &str) -> Option<&Shape> {
+        self.graph.shape(tensor)
+    }
+
+    /// Whether the element type recorded for `tensor` is float32 (unknown counts as yes).
+    fn is_float(&self, tensor: &str) -> bool {
+        self.graph.elem_type(tensor).is_none_or(|t| t == FLOAT)
+    }
+}
+
+/// The tensors resolved from a request.
+struct Targets {
+    input: String,
+    output: String,
+    intermediates: Vec<String>,
+}
+
+pub(crate) fn derive(model: &ModelProto, request: &Request) -> Result<GradientModel, GradientError> {
+    let graph = Graph::new(model)?;
+    let targets = resolve(&graph, request)?;
+
+    let used = all_names(graph.proto());
+    let mut bw = Backward {
+        graph: &graph,
+        em: Emitter::new(graph.opset, used),
+        forward: graph.nodes().to_vec(),
+        needs: HashSet::new(),
+        contributions: HashMap::new(),
+        totals: HashMap::new(),
+    };
+    bw.needs = needs_gradient(&graph, &targets);
+    check_types(&bw)?;
+
+    let seed = bw.em.reserve("seed");
+    bw.accumulate(&targets.output, seed.clone());
+    walk_backward(&mut bw)?;
+
+    let result = assemble(bw, model, &targets, &seed);
+    tracing::debug!(
+        nodes = result.model.graph.as_ref().map_or(0, |g| g.node.len()),
+        "derived gradient model"
+    );
+    Ok(result)
+}
+
+fn resolve(graph: &Graph, request: &Request) -> Result<Targets, GradientError> {
+    let inputs = graph.runtime_inputs();
+    let input = match &request.input {
+        Some(name) if inputs.contains(&name.as_str()) => name.clone(),
+        Some(name) => {
+            return Err(GradientError::UnknownTensor {
+                name: name.clone(),
+                role: "the input",
+                hint: format!("graph inputs: {}", inputs.join(", ")),
+            });
+        }
+        None => match inputs.as_slice() {
+            [single] => (*single).to_owned(),
+            _ => {
+                return Err(GradientError::Ambiguous {
+                    what: "the input",
+                    count: inputs.len(),
+                    candidates: inputs.join(", "),
+                });
+            }
+        },
+    };
+
+    let output = match &request.output {
+        Some(name) if graph.contains(name) => name.clone(),
+        Some(name) => {
+            return Err(GradientError::UnknownTensor {
+                name: name.clone(),
+                role: "the output",
+                hint: "name a graph output or a node output".into(),
+            });
+        }
+        None => default_output(graph)?,
+    };
+
+    for name in &request.intermediates {
+        if !graph.contains(name) {
+            return Err(GradientError::UnknownTensor {
+                name: name.clone(),
+                role: "an intermediate",
+                hint: "list the candidates with inspectable_tensors".into(),
+            });
+        }
+    }
+    Ok(Targets {
+        input,
+        output,
+        intermediates: request.intermediates.clone(),
+    })
+}
+
+/// The single graph output, or the input of the Softmax or LogSoftmax producing it:
+/// probabilities saturate near 0 and 1, so their gradients vanish.
+fn default_output(graph: &Graph) -> Result<String, GradientError> {
+    let outputs: Vec<&str> = graph.proto().output.iter().map(|o| o.name.as_str()).collect();
+    let [output] = outputs.as_slice() else {
+        return Err(GradientError::Ambiguous {
+            what: "the output",
+            count: outputs.len(),
+            candidates: outputs.join(", "),
+        });
+    };
+    match graph.producer(output) {
+        Some(node)
+            if is_default_domain(node)
+                && matches!(node.op_type.as_str(), "Softmax" | "LogSoftmax") =>
+        {
+            Ok(node.input[0].clone())
+        }
+        _ => Ok((*output).to_owned()),
+    }
+}
+
+/// Tensors that depend on a source (the input or an intermediate) and that the
+/// differentiated output depends on.
+fn needs_gradient(graph: &Graph, targets: &Targets) -> HashSet<String> {
+    let mut forward: HashSet<&str> = HashSet::new();
+    forward.insert(&targets.input);
+    forward.extend(targets.intermediates.iter().map(String::as_str));
+    for node in graph.nodes() {
+        if !node.input.iter().any(|i| forward.contains(i.as_str())) {
+            continue;
+        }
+        for (k, output) in node.output.iter().enumerate() {
+            if carries_gradient(graph, node, k, output) {
+                forward.insert(output);
+            }
+        }
+    }
+
+    let mut backward: HashSet<&str> = HashSet::new();
+    backward.insert(&targets.output);
+    for node in graph.nodes().iter().rev() {
+        if node.output.iter().any(|o| backward.contains(o.as_str())) {
+            backward.extend(node.input.iter().map(String::as_str));
+        }
+    }
+
+    forward
+        .intersection(&backward)
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
+fn carries_gradient(graph: &Graph, node: &NodeProto, k: usize, output: &str) -> bool {
+    if output.is_empty() || graph.elem_type(output).is_some_and(|t| t != FLOAT) {
+        return false;
+    }
+    if !is_default_domain(node) {
+        return true;
+    }
+    let op = node.op_type.as_str();
+    if NON_DIFFERENTIABLE.contains(&op) {
+        return false;
+    }
+    if op == "Cast" && attr_int(node, "to").is_some_and(|t| t != i64::from(FLOAT)) {
+        return false;
+    }
+    // Indices of MaxPool, the mask of Dropout and the running statistics of
+    // BatchNormalization are not differentiable outputs.
+    match op {
+        "MaxPool" | "Dropout" | "BatchNormalization" | "TopK" => k == 0,
+        _ => true,
+    }
+}
+
+fn check_types(bw: &Backward) -> Result<(), GradientError> {
+    for tensor in &bw.needs {
+        if let Some(elem_type) = bw.graph.elem_type(tensor).filter(|&t| t != FLOAT) {
+            return Err(GradientError::UnsupportedType {
+                tensor: tensor.clone(),
+                elem_type,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn walk_backward(bw: &mut Backward) -> Result<(), GradientError> {
+    let graph = bw.graph;
+    for (index, node) in graph.nodes().iter().enumerate().rev() {
+        if !node.output.iter().any(|o| bw.needs.contains(o)) {
+            continue;
+        }
+        let outputs: Vec<Option<String>> = node
+            .output
+            .iter()
+            .map(|o| if bw.needs.contains(o) { bw.total(o) } else { None })
+            .collect();
+        let wants: Vec<bool> = node
+            .input
+            .iter()
+            .map(|i| !i.is_empty() && bw.needs.contains(i) && bw.is_float(i))
+            .collect();
+        if outputs.iter().all(Option::is_none) || !wants.contains(&true) {
+            continue;
+        }
+        let grads = NodeGrads {
+            node,
+            index,
+            outputs,
+            wants,
+        };
+        rules::apply(bw, &grads)?;
+    }
+    Ok(())
+}
+
+fn all_names(graph: &GraphProto) -> HashSet<String> {
+    let mut names: HashSet<String> = graph.input.iter().map(|i| i.name.clone()).collect();
+    names.extend(graph.initializer.iter().map(|t| t.name.clone()));
+    for node in &graph.node {
+        names.extend(node.output.iter().cloned());
+        names.insert(node.name.clone());
+    }
+    names
+}
+
+/// A graph output of the derived model.
+struct Exposed {
+    name: String,
+    shape: Option<Shape>,
+}
+
+fn assemble(mut bw: Backward, model: &ModelProto, targets: &Targets, seed: &str) -> GradientModel {
+    let graph = bw.graph;
+    let mut exposed: Vec<Exposed> = Vec::new();
+
+    let logits = expose_forward(&mut bw, &mut exposed, &targets.output);
+    let input_grad = bw.total_or_zeros(&targets.input);
+    let input_gradient = expose_gradient(
+        &mut bw,
+        &mut exposed,
+        &input_grad,
+        &format!("{}_grad", targets.input),
+        &targets.input,
+    );
+
+    let mut intermediates = Vec::new();
+    for tensor in &targets.intermediates {
+        let activation = expose_forward(&mut bw, &mut exposed, tensor);
+        let grad = bw.total_or_zeros(tensor);
+        let gradient = expose_gradient(&mut bw, &mut exposed, &grad, &format!("{tensor}_grad"), tensor);
+        intermediates.push(IntermediateOutputs {
+            tensor: tensor.clone(),
+            activation,
+            gradient,
+        });
+    }
+
+    let seed_shape = graph.shape(&targets.output).cloned();
+    let proto = build_graph(bw, &exposed, &targets.input, seed, seed_shape.as_ref());
+    let mut derived = model.clone();
+    derived.graph = Some(proto).into();
+    derived.doc_string = format!(
+        "Gradient of dot(`{seed}`, `{}`) with respect to `{}`, derived by picasso-gradient.",
+        targets.output, targets.input
+    );
+
+    GradientModel {
+        model: derived,
+        input: targets.input.clone(),
+        seed: seed.to_owned(),
+        logits,
+        input_gradient,
+        intermediates,
+    }
+}
+
+/// Makes a forward tensor a graph output, copying it where the name is a graph
+/// input or already an output.
+fn expose_forward(bw: &mut Backward, exposed: &mut Vec<Exposed>, tensor: &str) -> String {
+    let shape = bw.shape(tensor).cloned();
+    let taken = exposed.iter().any(|e| e.name == tensor);
+    let name = if taken || bw.graph.producer(tensor).is_none() {
+        let copy = bw.em.fresh(tensor);
+        bw.em.op_into("Identity", &[tensor], vec![], &[&copy]);
+        copy
+    } else {
+        tensor.to_owned()
+    };
+    exposed.push(Exposed {
+        name: name.clone(),
+        shape,
+    });
+    name
+}
+
+/// Makes a gradient tensor a graph output named `wanted` (or a fresh variant),
+/// shaped like `like`.
+fn expose_gradient(
+    bw: &mut Backward,
+    exposed: &mut Vec<Exposed>,
+    tensor: &str,
+    wanted: &str,
+    like: &str,
+) -> String {
+    let name = bw.em.reserve(wanted);
+    bw.em.op_into("Identity", &[tensor], vec![], &[&name]);
+    exposed.push(Exposed {
+        name: name.clone(),
+        shape: bw.shape(like).cloned(),
+    });
+    name
+}
+
+fn build_graph(
+    bw: Backward,
+    exposed: &[Exposed],
+    input: &str,
+    seed: &str,
+    seed_shape: Option<&Shape>,
+) -> GraphProto {
+    let source = bw.graph.proto();
+    let mut nodes = bw.forward;
+    nodes.extend(bw.em.nodes);
+    let mut initializers = source.initializer.clone();
+    initializers.extend(bw.em.initializers);
+
+    // Keep only what the outputs need: the original outputs (such as
+    // probabilities) and unrelated branches would cost run time for nothing.
+    let mut needed: HashSet<String> = exposed.iter().map(|e| e.name.clone()).collect();
+    let mut kept = Vec::with_capacity(nodes.len());
+    for node in nodes.into_iter().rev() {
+        if node.output.iter().any(|o| needed.contains(o)) {
+            needed.extend(node.input.iter().cloned());
+            kept.push(node);
+        }
+    }
+    kept.reverse();
+    initializers.retain(|t| needed.contains(&t.name));
+
+    let mut inputs: Vec<_> = source
+        .input
+        .iter()
+        .filter(|i| i.name == input || (needed.contains(&i.name) && !bw.graph.is_initializer(&i.name)))
+        .cloned()
+        .collect();
+    inputs.push(value_info(seed, FLOAT, seed_shape));
+
+    let outputs = exposed
+        .iter()
+        .map(|e| value_info(&e.name, FLOAT, e.shape.as_ref()))
+        .collect();
+    let value_infos = source
+        .value_info
+        .iter()
+        .filter(|v| needed.contains(&v.name))
+        .cloned()
+        .collect();
+
+    GraphProto {
+        name: format!("{}_gradient", source.name),
+        node: kept,
+        initializer: initializers,
+        input: inputs,
+        output: outputs,
+        value_info: value_infos,
+        ..Default::default()
+    }
+}
