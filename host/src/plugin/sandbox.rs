@@ -1,0 +1,826 @@
+//! One render of one plugin, isolated and limited.
+//!
+//! Every call into a plugin gets a fresh [`wasmtime::Store`] and instance:
+//! a trap poisons a whole store, and a new one costs tens of microseconds.
+//! The store carries the limits of [`SandboxLimits`]:
+//!
+//! - linear memory and tables through a [`ResourceLimiter`];
+//! - wall-clock time inside the plugin through epoch interruption, and time
+//!   inside host calls through a check at every call plus an ONNX Runtime
+//!   terminate flag that a watchdog sets at the deadline;
+//! - model work: images sent through the model, counted at each call;
+//! - the size of the output, checked before the host uses it;
+//! - the wasm stack, through the engine configuration.
+//!
+//! A plugin gets no capability beyond its WIT imports: the WASI interfaces
+//! that a Rust standard-library guest imports are linked with an empty
+//! context (no directories, environment, arguments, clocks or sockets), and
+//! the registry rejects components that import anything else.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use image::RgbaImage;
+use ort::session::RunOptions;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{self, Descriptor, LogLevel, ModelError, Panel, Tensor, Visualization};
+use super::registry::LoadedPlugin;
+use crate::config::SandboxConfig;
+use crate::model::{self, Model};
+
+/// The limits of one render.
+#[derive(Debug, Clone)]
+pub struct SandboxLimits {
+    /// Linear memory per instance, in bytes.
+    pub memory_bytes: usize,
+    /// Elements per table.
+    pub table_elements: usize,
+    /// Wall-clock time per render, model work included.
+    pub deadline: Duration,
+    /// Wall-clock time per `describe` call.
+    pub describe_deadline: Duration,
+    /// Images sent through the model per render.
+    pub model_images: u64,
+    /// Images in one model call.
+    pub max_batch: usize,
+    /// Panels per render.
+    pub max_panels: usize,
+    /// Width times height of one heatmap or image panel.
+    pub max_panel_pixels: u64,
+    /// Log messages per render; the rest are counted and dropped.
+    pub max_log_messages: u32,
+}
+
+impl SandboxLimits {
+    /// The limits set by the configuration, with fixed values for the rest.
+    pub fn from_config(config: &SandboxConfig) -> SandboxLimits {
+        SandboxLimits {
+            memory_bytes: (config.memory_mib as usize) << 20,
+            // Rust guests use one table for indirect calls with a few hundred
+            // entries; 100,000 is far above that and still a small allocation.
+            table_elements: 100_000,
+            deadline: Duration::from_secs(config.deadline_seconds),
+            // describe only builds a small record.
+            describe_deadline: Duration::from_secs(5),
+            model_images: config.model_images,
+            // 256 frames of 3x224x224 floats are 150 MB on the host side.
+            max_batch: 256,
+            max_panels: 64,
+            // A 4096 x 4096 grid: larger than any model input frame.
+            max_panel_pixels: 4096 * 4096,
+            max_log_messages: 200,
+        }
+    }
+}
+
+/// How often the epoch advances. A render overruns its deadline by at most
+/// about this much while it runs wasm code.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The wasm stack per call. Rust guests need a few hundred KiB at most;
+/// deep recursion past this traps instead of exhausting the host's stack.
+const MAX_WASM_STACK: usize = 1 << 20;
+
+/// Why a render failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RenderError {
+    /// The plugin returned an error for the user.
+    #[error("plugin `{plugin}`: {message}")]
+    Plugin { plugin: String, message: String },
+    /// The plugin passed a limit and was stopped.
+    #[error("plugin `{plugin}` was stopped: {message}")]
+    Limit { plugin: String, message: String },
+    /// The plugin trapped: a panic, `unreachable`, or a bad host call.
+    #[error("plugin `{plugin}` crashed: {message}")]
+    Trap { plugin: String, message: String },
+    /// The plugin returned panels the host cannot use.
+    #[error("plugin `{plugin}` returned an invalid result: {message}")]
+    InvalidOutput { plugin: String, message: String },
+    /// The job was cancelled while the render ran.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// A limit a plugin passed, raised as a trap from inside the store.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct LimitExceeded(String);
+
+/// The engine and linker shared by every plugin.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<State>,
+    limits: SandboxLimits,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// Creates the engine, links the host interfaces and starts the epoch
+    /// ticker thread, which ends when the engine is dropped.
+    ///
+    /// # Errors
+    ///
+    /// Wasmtime rejecting the configuration or the links.
+    pub fn new(limits: SandboxLimits) -> wasmtime::Result<Sandbox> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.max_wasm_stack(MAX_WASM_STACK);
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Visualization::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state)?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("picasso-epoch".to_owned())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(wasmtime::Error::new)?;
+
+        Ok(Sandbox {
+            engine,
+            linker,
+            limits,
+        })
+    }
+
+    /// The engine, for compiling components.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker, for pre-instantiating components.
+    pub fn linker(&self) -> &Linker<State> {
+        &self.linker
+    }
+
+    /// The limits applied to every render.
+    pub fn limits(&self) -> &SandboxLimits {
+        &self.limits
+    }
+
+    fn store(&self, render: Option<RenderContext>, deadline: Duration) -> Store<State> {
+        let state = State {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_bytes: self.limits.memory_bytes,
+                table_elements: self.limits.table_elements,
+            },
+            render,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let ticks = deadline.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Calls `describe` of a freshly instantiated component.
+    ///
+    /// # Errors
+    ///
+    /// A trap, a passed limit, or a failed instantiation.
+    pub fn describe(
+        &self,
+        plugin_name: &str,
+        pre: &bindings::VisualizationPre<State>,
+    ) -> Result<Descriptor, RenderError> {
+        let mut store = self.store(None, self.limits.describe_deadline);
+        let result = pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.call_describe(&mut store));
+        result.map_err(|error| classify_trap(plugin_name, &self.limits, true, error))
+    }
+
+    /// Runs one render of `request.plugin` on `request.frame`.
+    ///
+    /// # Errors
+    ///
+    /// The plugin's own error, a trap, a passed limit, an invalid result or
+    /// cancellation. The server and later renders are unaffected by any of
+    /// them.
+    pub fn render(&self, request: RenderRequest<'_>) -> Result<RenderOutput, RenderError> {
+        let plugin = request.plugin;
+        let name = plugin.display_name();
+        let run_options = Arc::new(
+            RunOptions::new().map_err(|error| RenderError::Trap {
+                plugin: name.clone(),
+                message: format!("cannot create run options: {error}"),
+            })?,
+        );
+        let deadline = Instant::now() + self.limits.deadline;
+        let context = RenderContext {
+            plugin: name.clone(),
+            model: request.model.clone(),
+            limits: self.limits.clone(),
+            deadline,
+            images_used: 0,
+            progress: request.progress,
+            last_progress: (0, 0),
+            rng: ChaCha8Rng::seed_from_u64(request.seed),
+            run_options: run_options.clone(),
+            cancel: request.cancel.clone(),
+            log_messages: 0,
+        };
+        let mut store = self.store(Some(context), self.limits.deadline);
+
+        let input = bindings::Image {
+            width: request.frame.width(),
+            height: request.frame.height(),
+            pixels: request.frame.into_raw(),
+        };
+        let settings: Vec<bindings::Setting> = request
+            .settings
+            .into_iter()
+            .map(|(name, value)| bindings::Setting { name, value })
+            .collect();
+
+        let watchdog = Watchdog::start(deadline, run_options, request.cancel.clone());
+        let result = plugin
+            .pre
+            .instantiate(&mut store)
+            .and_then(|instance| instance.call_render(&mut store, &input, &settings));
+        drop(watchdog);
+
+        let images_used = store.data().render.as_ref().map_or(0, |r| r.images_used);
+        if request.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(RenderError::Cancelled);
+        }
+        let panels = match result {
+            Ok(Ok(panels)) => panels,
+            Ok(Err(message)) => {
+                return Err(RenderError::Plugin {
+                    plugin: name,
+                    message: truncate(&message, 2000),
+                });
+            }
+            Err(error) => return Err(classify_trap(&name, &self.limits, false, error)),
+        };
+        check_panels(&self.limits, &request.model, &panels).map_err(|message| {
+            RenderError::InvalidOutput {
+                plugin: name.clone(),
+                message,
+            }
+        })?;
+        Ok(RenderOutput {
+            panels,
+            images_used,
+        })
+    }
+}
+
+/// Turns a wasmtime error into a render error that names the limit, when a
+/// limit caused it.
+fn classify_trap(
+    plugin: &str,
+    limits: &SandboxLimits,
+    describing: bool,
+    error: wasmtime::Error,
+) -> RenderError {
+    let plugin = plugin.to_owned();
+    if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
+        return RenderError::Limit {
+            plugin,
+            message: limit.0.clone(),
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => {
+            let (deadline, key) = if describing {
+                (limits.describe_deadline, "fixed for describe")
+            } else {
+                (limits.deadline, "sandbox.deadline_seconds")
+            };
+            RenderError::Limit {
+                plugin,
+                message: format!(
+                    "deadline of {} s exceeded ({key}) while running plugin code",
+                    deadline.as_secs_f32()
+                ),
+            }
+        }
+        Some(Trap::StackOverflow) => RenderError::Limit {
+            plugin,
+            message: format!(
+                "wasm stack limit of {} KiB exceeded (deep recursion)",
+                MAX_WASM_STACK >> 10
+            ),
+        },
+        Some(trap) => RenderError::Trap {
+            plugin,
+            message: format!("{trap}: {}", root_message(&error)),
+        },
+        None => RenderError::Trap {
+            plugin,
+            message: root_message(&error),
+        },
+    }
+}
+
+fn root_message(error: &wasmtime::Error) -> String {
+    truncate(&format!("{error:#}"), 2000)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// Checks the shapes and sizes of a render's panels.
+fn check_panels(limits: &SandboxLimits, model: &Model, panels: &[Panel]) -> Result<(), String> {
+    if panels.len() > limits.max_panels {
+        return Err(format!(
+            "{} panels; the limit is {}",
+            panels.len(),
+            limits.max_panels
+        ));
+    }
+    for (index, panel) in panels.iter().enumerate() {
+        let at = |message: String| format!("panel {index} (`{}`): {message}", panel.title.escape_debug());
+        if panel.title.chars().count() > 200 {
+            return Err(at("title longer than 200 characters".to_owned()));
+        }
+        match &panel.content {
+            bindings::PanelContent::Heatmap(map) => {
+                let pixels = map.width as u64 * map.height as u64;
+                if pixels == 0 || pixels > limits.max_panel_pixels {
+                    return Err(at(format!(
+                        "heatmap is {}x{}; sizes from 1x1 up to {} pixels are accepted",
+                        map.width, map.height, limits.max_panel_pixels
+                    )));
+                }
+                if map.values.len() as u64 != pixels {
+                    return Err(at(format!(
+                        "heatmap has {} values for {}x{}",
+                        map.values.len(),
+                        map.width,
+                        map.height
+                    )));
+                }
+                if map.values.iter().any(|v| !v.is_finite()) {
+                    return Err(at("heatmap contains NaN or infinite values".to_owned()));
+                }
+                if let Some(class) = map.class_index
+                    && class as usize >= model.classes()
+                {
+                    return Err(at(format!(
+                        "class index {class} is out of range for {} classes",
+                        model.classes()
+                    )));
+                }
+            }
+            bindings::PanelContent::Image(image) => {
+                let pixels = image.width as u64 * image.height as u64;
+                if pixels == 0 || pixels > limits.max_panel_pixels {
+                    return Err(at(format!("image is {}x{}", image.width, image.height)));
+                }
+                if image.pixels.len() as u64 != pixels * 4 {
+                    return Err(at(format!(
+                        "image has {} bytes for {}x{} RGBA",
+                        image.pixels.len(),
+                        image.width,
+                        image.height
+                    )));
+                }
+            }
+            bindings::PanelContent::Scores(scores) => {
+                if scores.len() > model.classes() {
+                    return Err(at(format!(
+                        "{} scores for a model with {} classes",
+                        scores.len(),
+                        model.classes()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What one render needs.
+pub struct RenderRequest<'a> {
+    pub plugin: &'a LoadedPlugin,
+    pub model: Arc<Model>,
+    /// The photo in the model's input frame.
+    pub frame: RgbaImage,
+    /// Validated settings in schema order.
+    pub settings: Vec<(String, bindings::SettingValue)>,
+    /// Seeds the render's random stream.
+    pub seed: u64,
+    /// Receives (done, total) as the plugin reports progress.
+    pub progress: Box<dyn FnMut(u32, u32) + Send>,
+    /// Set to stop the render early.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+/// What a successful render produced.
+#[derive(Debug)]
+pub struct RenderOutput {
+    pub panels: Vec<Panel>,
+    /// Images the render sent through the model.
+    pub images_used: u64,
+}
+
+/// Sets the ONNX Runtime terminate flag when the deadline passes or the job
+/// is cancelled, because epoch interruption does not fire while the plugin
+/// waits inside a host call.
+struct Watchdog {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(deadline: Instant, options: Arc<RunOptions>, cancel: Option<Arc<AtomicBool>>) -> Watchdog {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("picasso-watchdog".to_owned())
+            .spawn(move || {
+                // Polling at 50 ms keeps cancellation responsive without a
+                // second channel.
+                loop {
+                    let now = Instant::now();
+                    let cancelled = cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed));
+                    if now >= deadline || cancelled {
+                        if let Err(error) = options.terminate() {
+                            tracing::warn!(%error, "failed to terminate a model run");
+                        }
+                        return;
+                    }
+                    let wait = (deadline - now).min(Duration::from_millis(50));
+                    match stopped.recv_timeout(wait) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                        _ => return,
+                    }
+                }
+            })
+            .ok();
+        Watchdog {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The data of one store.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    /// `None` while `describe` runs: the model is off limits then.
+    render: Option<RenderContext>,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+struct Limiter {
+    memory_bytes: usize,
+    table_elements: usize,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            // An error here traps, so the render fails with a message that
+            // names the limit instead of the guest's allocation failure.
+            return Err(wasmtime::Error::new(LimitExceeded(format!(
+                "memory limit of {} MiB exceeded (sandbox.memory_mib): the plugin asked for {} MiB",
+                self.memory_bytes >> 20,
+                desired >> 20
+            ))));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table_elements {
+            return Err(wasmtime::Error::new(LimitExceeded(format!(
+                "table limit of {} elements exceeded",
+                self.table_elements
+            ))));
+        }
+        Ok(true)
+    }
+}
+
+struct RenderContext {
+    plugin: String,
+    model: Arc<Model>,
+    limits: SandboxLimits,
+    deadline: Instant,
+    images_used: u64,
+    progress: Box<dyn FnMut(u32, u32) + Send>,
+    last_progress: (u32, u32),
+    rng: ChaCha8Rng,
+    run_options: Arc<RunOptions>,
+    cancel: Option<Arc<AtomicBool>>,
+    log_messages: u32,
+}
+
+impl RenderContext {
+    /// Stops the render if it is past its deadline or cancelled.
+    fn check_time(&self) -> wasmtime::Result<()> {
+        if self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(wasmtime::Error::new(LimitExceeded("the job was cancelled".to_owned())));
+        }
+        if Instant::now() >= self.deadline {
+            return Err(deadline_error(&self.limits));
+        }
+        Ok(())
+    }
+
+    /// Counts `images` against the budget, stopping the render past it.
+    fn spend(&mut self, images: usize) -> wasmtime::Result<()> {
+        self.images_used += images as u64;
+        if self.images_used > self.limits.model_images {
+            return Err(wasmtime::Error::new(LimitExceeded(format!(
+                "model budget of {} images exceeded (sandbox.model_images)",
+                self.limits.model_images
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Checks a batch tensor from the plugin and returns its batch size.
+    fn check_batch(&self, batch: &Tensor) -> Result<usize, ModelError> {
+        let shape: Vec<usize> = batch.shape.iter().map(|&d| d as usize).collect();
+        let items = shape.first().copied().unwrap_or(0);
+        if items > self.limits.max_batch {
+            return Err(ModelError::LimitExceeded(format!(
+                "batch of {items} images; at most {} per call",
+                self.limits.max_batch
+            )));
+        }
+        self.model
+            .check_input(&shape, &batch.data)
+            .map_err(model_error)
+    }
+}
+
+fn deadline_error(limits: &SandboxLimits) -> wasmtime::Error {
+    wasmtime::Error::new(LimitExceeded(format!(
+        "deadline of {} s exceeded (sandbox.deadline_seconds)",
+        limits.deadline.as_secs_f32()
+    )))
+}
+
+fn model_error(error: model::ModelError) -> ModelError {
+    match error {
+        model::ModelError::InvalidArgument(m) => ModelError::InvalidArgument(m),
+        model::ModelError::Unsupported(m) => ModelError::Unsupported(m),
+        model::ModelError::LimitExceeded(m) => ModelError::LimitExceeded(m),
+        model::ModelError::Failed(m) => ModelError::Failed(m),
+    }
+}
+
+impl State {
+    fn render_context(&mut self) -> wasmtime::Result<&mut RenderContext> {
+        let context = self.render.as_mut().ok_or_else(|| {
+            wasmtime::Error::msg("the model is only available during render, not describe")
+        })?;
+        context.check_time()?;
+        Ok(context)
+    }
+}
+
+impl bindings::picasso::plugin::types::Host for State {}
+
+impl bindings::picasso::plugin::model::Host for State {
+    fn info(&mut self) -> wasmtime::Result<bindings::ModelInfo> {
+        let context = self.render_context()?;
+        Ok(model_info(&context.model))
+    }
+
+    fn preprocess(
+        &mut self,
+        images: Vec<bindings::Image>,
+    ) -> wasmtime::Result<Result<Tensor, ModelError>> {
+        let context = self.render_context()?;
+        if images.len() > context.limits.max_batch {
+            return Ok(Err(ModelError::LimitExceeded(format!(
+                "{} images; at most {} per call",
+                images.len(),
+                context.limits.max_batch
+            ))));
+        }
+        let mut decoded = Vec::with_capacity(images.len());
+        for (index, image) in images.into_iter().enumerate() {
+            let pixels = image.width as u64 * image.height as u64;
+            if pixels == 0 || pixels > context.limits.max_panel_pixels {
+                return Ok(Err(ModelError::InvalidArgument(format!(
+                    "image {index} is {}x{}",
+                    image.width, image.height
+                ))));
+            }
+            match RgbaImage::from_raw(image.width, image.height, image.pixels) {
+                Some(rgba) => decoded.push(rgba),
+                None => {
+                    return Ok(Err(ModelError::InvalidArgument(format!(
+                        "image {index} has the wrong number of bytes for {}x{} RGBA",
+                        image.width, image.height
+                    ))));
+                }
+            }
+        }
+        let (shape, data) = context.model.preprocess(&decoded);
+        Ok(Ok(Tensor {
+            shape: shape.iter().map(|&d| d as u32).collect(),
+            data,
+        }))
+    }
+
+    fn logits(&mut self, batch: Tensor) -> wasmtime::Result<Result<Tensor, ModelError>> {
+        let context = self.render_context()?;
+        let items = match context.check_batch(&batch) {
+            Ok(items) => items,
+            Err(error) => return Ok(Err(error)),
+        };
+        context.spend(items)?;
+        let shape: Vec<usize> = batch.shape.iter().map(|&d| d as usize).collect();
+        let span = tracing::debug_span!("model_run", model = context.model.id(), items);
+        let result = span.in_scope(|| {
+            context
+                .model
+                .logits(&shape, &batch.data, Some(&context.run_options))
+        });
+        // A run stopped by the watchdog fails; report the reason instead of
+        // ONNX Runtime's message.
+        context.check_time()?;
+        Ok(result
+            .map(|logits| Tensor {
+                shape: vec![items as u32, (logits.len() / items.max(1)) as u32],
+                data: logits,
+            })
+            .map_err(model_error))
+    }
+
+    fn gradients(
+        &mut self,
+        batch: Tensor,
+        seeds: Vec<bindings::Seed>,
+        tensor: Option<String>,
+    ) -> wasmtime::Result<Result<bindings::GradientResult, ModelError>> {
+        let context = self.render_context()?;
+        let items = match context.check_batch(&batch) {
+            Ok(items) => items,
+            Err(error) => return Ok(Err(error)),
+        };
+        if seeds.len() != items {
+            return Ok(Err(ModelError::InvalidArgument(format!(
+                "{} seeds for a batch of {items}; give one seed per item",
+                seeds.len()
+            ))));
+        }
+        let _ = tensor;
+        Ok(Err(ModelError::Unsupported(format!(
+            "gradients of model `{}` are not available in this host version",
+            context.model.id()
+        ))))
+    }
+}
+
+impl bindings::picasso::plugin::host::Host for State {
+    fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        let Some(context) = self.render.as_mut() else {
+            return Ok(());
+        };
+        context.log_messages += 1;
+        if context.log_messages > context.limits.max_log_messages {
+            if context.log_messages == context.limits.max_log_messages + 1 {
+                tracing::warn!(plugin = %context.plugin, "plugin log limit reached; dropping further messages");
+            }
+            return Ok(());
+        }
+        let message = truncate(&message, 1000);
+        let plugin = context.plugin.as_str();
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin, "{}", message.escape_debug()),
+            LogLevel::Debug => tracing::debug!(plugin, "{}", message.escape_debug()),
+            LogLevel::Info => tracing::info!(plugin, "{}", message.escape_debug()),
+            LogLevel::Warn => tracing::warn!(plugin, "{}", message.escape_debug()),
+            LogLevel::Error => tracing::error!(plugin, "{}", message.escape_debug()),
+        }
+        Ok(())
+    }
+
+    fn progress(&mut self, done: u32, total: u32) -> wasmtime::Result<()> {
+        let context = self.render_context()?;
+        let (last_done, last_total) = context.last_progress;
+        if total == 0 || done > total || (total == last_total && done < last_done) {
+            return Err(wasmtime::Error::new(LimitExceeded(format!(
+                "invalid progress report {done}/{total} after {last_done}/{last_total}: \
+                 progress must not exceed its total or go backwards"
+            ))));
+        }
+        context.last_progress = (done, total);
+        (context.progress)(done, total);
+        Ok(())
+    }
+
+    fn random_uniform(&mut self, count: u32) -> wasmtime::Result<Vec<f32>> {
+        let context = self.render_context()?;
+        check_random_count(count, context)?;
+        Ok((0..count).map(|_| context.rng.random::<f32>()).collect())
+    }
+
+    fn random_normal(&mut self, count: u32) -> wasmtime::Result<Vec<f32>> {
+        let context = self.render_context()?;
+        check_random_count(count, context)?;
+        Ok((0..count)
+            .map(|_| context.rng.sample::<f32, _>(StandardNormal))
+            .collect())
+    }
+}
+
+fn check_random_count(count: u32, context: &RenderContext) -> wasmtime::Result<()> {
+    // Four bytes per number must fit in the plugin's memory.
+    if count as usize > context.limits.memory_bytes / 4 {
+        return Err(wasmtime::Error::new(LimitExceeded(format!(
+            "{count} random numbers requested in one call; at most {} fit in the memory limit",
+            context.limits.memory_bytes / 4
+        ))));
+    }
+    Ok(())
+}
+
+/// The WIT description of a model.
+pub fn model_info(model: &Model) -> bindings::ModelInfo {
+    let declaration = &model.declaration;
+    bindings::ModelInfo {
+        id: declaration.id.clone(),
+        name: declaration.name.clone(),
+        content_hash: model.content_hash.clone(),
+        layout: match declaration.input.layout {
+            model::Layout::Nchw => bindings::Layout::Nchw,
+            model::Layout::Nhwc => bindings::Layout::Nhwc,
+        },
+        channels: declaration.channels(),
+        width: declaration.input.width,
+        height: declaration.input.height,
+        mean_pixel: declaration.mean_pixel(),
+        output_kind: match declaration.output.kind {
+            model::OutputKind::Logits => bindings::OutputKind::Logits,
+            model::OutputKind::Probabilities => bindings::OutputKind::Probabilities,
+        },
+        labels: model.labels.clone(),
+        tensors: model
+            .tensors
+            .iter()
+            .map(|t| bindings::TensorInfo {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                op_type: t.op_type.clone(),
+            })
+            .collect(),
+    }
+}

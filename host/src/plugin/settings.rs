@@ -1,0 +1,327 @@
+//! Settings schemas: their JSON form for the API, their validation when a
+//! plugin loads, and the validation of user values before a render.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::bindings::{Descriptor, SettingKind, SettingSpec, SettingValue};
+use crate::model::Model;
+
+/// A plugin's description as the API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DescriptorJson {
+    pub id: String,
+    pub version: String,
+    pub title: String,
+    pub description: String,
+    pub reference: String,
+    pub needs_gradients: bool,
+    pub settings: Vec<SettingJson>,
+}
+
+/// One setting of a schema, as the API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SettingJson {
+    pub name: String,
+    pub label: String,
+    pub help: String,
+    pub kind: SettingKindJson,
+    pub default: Value,
+}
+
+/// The accepted values of a setting, as the API lists them.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SettingKindJson {
+    Choice { options: Vec<String> },
+    Integer { min: i64, max: i64 },
+    Float { min: f64, max: f64 },
+    Boolean,
+    Class,
+    Tensor,
+}
+
+impl DescriptorJson {
+    /// Converts a descriptor returned by a plugin.
+    pub fn from_descriptor(descriptor: &Descriptor) -> DescriptorJson {
+        DescriptorJson {
+            id: descriptor.id.clone(),
+            version: descriptor.version.clone(),
+            title: descriptor.title.clone(),
+            description: descriptor.description.clone(),
+            reference: descriptor.reference.clone(),
+            needs_gradients: descriptor.needs_gradients,
+            settings: descriptor
+                .settings
+                .iter()
+                .map(|spec| SettingJson {
+                    name: spec.name.clone(),
+                    label: spec.label.clone(),
+                    help: spec.help.clone(),
+                    kind: kind_json(&spec.kind),
+                    default: value_json(&spec.default),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn kind_json(kind: &SettingKind) -> SettingKindJson {
+    match kind {
+        SettingKind::Choice(options) => SettingKindJson::Choice {
+            options: options.clone(),
+        },
+        SettingKind::Integer(range) => SettingKindJson::Integer {
+            min: range.min,
+            max: range.max,
+        },
+        SettingKind::Float(range) => SettingKindJson::Float {
+            min: range.min,
+            max: range.max,
+        },
+        SettingKind::Boolean => SettingKindJson::Boolean,
+        SettingKind::Class => SettingKindJson::Class,
+        SettingKind::Tensor => SettingKindJson::Tensor,
+    }
+}
+
+/// The JSON form of a setting value.
+pub fn value_json(value: &SettingValue) -> Value {
+    match value {
+        SettingValue::Choice(text) => Value::from(text.clone()),
+        SettingValue::Integer(n) => Value::from(*n),
+        SettingValue::Float(x) => Value::from(*x),
+        SettingValue::Boolean(b) => Value::from(*b),
+        SettingValue::Class(index) => index.map_or(Value::Null, Value::from),
+        SettingValue::Tensor(name) => name.clone().map_or(Value::Null, Value::from),
+    }
+}
+
+const MAX_TEXT: usize = 4000;
+
+/// Checks a descriptor when its plugin loads, so that a broken schema is a
+/// load error and not a failure of every render.
+///
+/// # Errors
+///
+/// A message naming the field or setting and what is wrong with it.
+pub fn check_descriptor(descriptor: &Descriptor) -> Result<(), String> {
+    check_identifier("id", &descriptor.id)?;
+    if descriptor.version.is_empty() || descriptor.version.len() > 64 {
+        return Err(format!(
+            "version `{}` must be 1 to 64 characters, such as `1.0.0`",
+            descriptor.version.escape_debug()
+        ));
+    }
+    for (field, text, max) in [
+        ("title", &descriptor.title, 200),
+        ("description", &descriptor.description, MAX_TEXT),
+        ("reference", &descriptor.reference, 2000),
+    ] {
+        if text.chars().count() > max {
+            return Err(format!("{field} is longer than {max} characters"));
+        }
+        if text.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(format!("{field} contains control characters"));
+        }
+    }
+    if descriptor.title.trim().is_empty() {
+        return Err("title is empty".to_owned());
+    }
+    let reference = &descriptor.reference;
+    if !reference.is_empty()
+        && !(reference.starts_with("https://") || reference.starts_with("http://"))
+    {
+        return Err(format!(
+            "reference `{}` must be an http(s) link or empty",
+            reference.escape_debug()
+        ));
+    }
+    if descriptor.settings.len() > 64 {
+        return Err(format!(
+            "{} settings declared; the limit is 64",
+            descriptor.settings.len()
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    for spec in &descriptor.settings {
+        check_spec(spec).map_err(|error| format!("setting `{}`: {error}", spec.name.escape_debug()))?;
+        if !names.insert(spec.name.as_str()) {
+            return Err(format!("setting `{}` is declared twice", spec.name));
+        }
+    }
+    Ok(())
+}
+
+fn check_identifier(field: &str, value: &str) -> Result<(), String> {
+    let valid = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} `{}` must be 1 to 64 lowercase letters, digits or `-`",
+            value.escape_debug()
+        ))
+    }
+}
+
+fn check_spec(spec: &SettingSpec) -> Result<(), String> {
+    check_identifier("name", &spec.name)?;
+    for (field, text, max) in [("label", &spec.label, 200), ("help", &spec.help, MAX_TEXT)] {
+        if text.chars().count() > max {
+            return Err(format!("{field} is longer than {max} characters"));
+        }
+        if text.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(format!("{field} contains control characters"));
+        }
+    }
+    match (&spec.kind, &spec.default) {
+        (SettingKind::Choice(options), SettingValue::Choice(default)) => {
+            if options.is_empty() || options.len() > 256 {
+                return Err("a choice needs 1 to 256 options".to_owned());
+            }
+            if !options.contains(default) {
+                return Err(format!("default `{default}` is not one of the options"));
+            }
+            Ok(())
+        }
+        (SettingKind::Integer(range), SettingValue::Integer(default)) => {
+            if range.min > range.max || *default < range.min || *default > range.max {
+                return Err(format!(
+                    "default {default} is outside the range {}..={}",
+                    range.min, range.max
+                ));
+            }
+            Ok(())
+        }
+        (SettingKind::Float(range), SettingValue::Float(default)) => {
+            let finite = range.min.is_finite() && range.max.is_finite() && default.is_finite();
+            if !finite || range.min > range.max || *default < range.min || *default > range.max {
+                return Err(format!(
+                    "default {default} is outside the range {}..={} or not finite",
+                    range.min, range.max
+                ));
+            }
+            Ok(())
+        }
+        (SettingKind::Boolean, SettingValue::Boolean(_))
+        | (SettingKind::Class, SettingValue::Class(None))
+        | (SettingKind::Tensor, SettingValue::Tensor(None)) => Ok(()),
+        (SettingKind::Class, SettingValue::Class(Some(_))) => {
+            Err("a class default must be none (the top-1 class)".to_owned())
+        }
+        (SettingKind::Tensor, SettingValue::Tensor(Some(_))) => {
+            Err("a tensor default must be none (the plugin's choice)".to_owned())
+        }
+        _ => Err("the default value's kind does not match the setting's kind".to_owned()),
+    }
+}
+
+/// Resolves user settings against a schema for the given models: fills in
+/// defaults, rejects unknown names and values that do not fit.
+///
+/// Returns the values for the plugin and their JSON form for the manifest.
+///
+/// # Errors
+///
+/// A message naming the setting, the value and what is accepted.
+pub fn resolve(
+    plugin: &str,
+    specs: &[SettingSpec],
+    values: &BTreeMap<String, Value>,
+    models: &[&Model],
+) -> Result<(Vec<(String, SettingValue)>, BTreeMap<String, Value>), String> {
+    if let Some(unknown) = values.keys().find(|k| !specs.iter().any(|s| &s.name == *k)) {
+        let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        return Err(format!(
+            "unknown setting `{unknown}` for plugin `{plugin}`; its settings are: {}",
+            known.join(", ")
+        ));
+    }
+    let mut resolved = Vec::with_capacity(specs.len());
+    let mut json = BTreeMap::new();
+    for spec in specs {
+        let value = match values.get(&spec.name) {
+            None => spec.default.clone(),
+            Some(given) => parse_value(spec, given, models).map_err(|error| {
+                format!(
+                    "invalid value {given} for setting `{}` of plugin `{plugin}`: {error}",
+                    spec.name
+                )
+            })?,
+        };
+        json.insert(spec.name.clone(), value_json(&value));
+        resolved.push((spec.name.clone(), value));
+    }
+    Ok((resolved, json))
+}
+
+fn parse_value(spec: &SettingSpec, given: &Value, models: &[&Model]) -> Result<SettingValue, String> {
+    match &spec.kind {
+        SettingKind::Choice(options) => match given.as_str() {
+            Some(text) if options.iter().any(|o| o == text) => Ok(SettingValue::Choice(text.to_owned())),
+            _ => Err(format!("expected one of: {}", options.join(", "))),
+        },
+        SettingKind::Integer(range) => match given.as_i64() {
+            Some(n) if n >= range.min && n <= range.max => Ok(SettingValue::Integer(n)),
+            _ => Err(format!("expected a whole number from {} to {}", range.min, range.max)),
+        },
+        SettingKind::Float(range) => match given.as_f64() {
+            Some(x) if x.is_finite() && x >= range.min && x <= range.max => {
+                Ok(SettingValue::Float(x))
+            }
+            _ => Err(format!("expected a number from {} to {}", range.min, range.max)),
+        },
+        SettingKind::Boolean => given
+            .as_bool()
+            .map(SettingValue::Boolean)
+            .ok_or_else(|| "expected true or false".to_owned()),
+        SettingKind::Class => parse_class(given, models),
+        SettingKind::Tensor => parse_tensor(given, models),
+    }
+}
+
+fn parse_class(given: &Value, models: &[&Model]) -> Result<SettingValue, String> {
+    if given.is_null() {
+        return Ok(SettingValue::Class(None));
+    }
+    let Some(index) = given.as_u64() else {
+        return Err("expected a class index or null for the top-1 class".to_owned());
+    };
+    for model in models {
+        if index >= model.classes() as u64 {
+            return Err(format!(
+                "model `{}` has classes 0 to {}",
+                model.id(),
+                model.classes().saturating_sub(1)
+            ));
+        }
+    }
+    u32::try_from(index)
+        .map(|i| SettingValue::Class(Some(i)))
+        .map_err(|_| "class index too large".to_owned())
+}
+
+fn parse_tensor(given: &Value, models: &[&Model]) -> Result<SettingValue, String> {
+    if given.is_null() {
+        return Ok(SettingValue::Tensor(None));
+    }
+    let Some(name) = given.as_str() else {
+        return Err("expected a tensor name or null for the plugin's default".to_owned());
+    };
+    for model in models {
+        if !model.has_tensor(name) {
+            return Err(format!(
+                "model `{}` has no inspectable tensor `{name}`; GET /api/models lists them",
+                model.id()
+            ));
+        }
+    }
+    Ok(SettingValue::Tensor(Some(name.to_owned())))
+}
