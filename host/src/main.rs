@@ -40,6 +40,26 @@ enum Command {
     Models,
     /// Lists the plugins and the ones that failed to load, with errors.
     Plugins,
+    /// Writes the gradient model derived from an ONNX classifier, for
+    /// inspection with standard ONNX tools.
+    GradientModel(GradientModelArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GradientModelArgs {
+    /// The ONNX classifier.
+    model: PathBuf,
+    /// Where to write the gradient model.
+    #[arg(long, short = 'o')]
+    out: PathBuf,
+    /// An intermediate tensor whose activations and gradient are added as
+    /// outputs; repeat for several.
+    #[arg(long = "tensor")]
+    tensors: Vec<String>,
+    /// The tensor to differentiate; by default the graph's output, or the
+    /// input of a final Softmax or LogSoftmax.
+    #[arg(long)]
+    output: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,8 +99,9 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn,wasmtime=warn,cranelift=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,ort=warn,wasmtime=warn,cranelift=warn")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -94,6 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Explain(args) => explain(config, args),
         Command::Models => list_models(&config),
         Command::Plugins => list_plugins(&config),
+        Command::GradientModel(args) => gradient_model(args),
     }
 }
 
@@ -147,7 +169,11 @@ fn list_plugins(config: &Config) -> anyhow::Result<ExitCode> {
         }
     }
     let failed = listings.iter().any(|l| l.error.is_some());
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn explain(config: Config, args: ExplainArgs) -> anyhow::Result<ExitCode> {
@@ -164,7 +190,11 @@ fn explain(config: Config, args: ExplainArgs) -> anyhow::Result<ExitCode> {
         match registry.get(&args.visualization) {
             Some(plugin) => plugin,
             None => {
-                let known: Vec<String> = registry.plugins().iter().map(|p| p.id().to_owned()).collect();
+                let known: Vec<String> = registry
+                    .plugins()
+                    .iter()
+                    .map(|p| p.id().to_owned())
+                    .collect();
                 bail!(
                     "unknown visualization `{}`; installed: {} (or give the path of a .wasm file)",
                     args.visualization,
@@ -180,16 +210,15 @@ fn explain(config: Config, args: ExplainArgs) -> anyhow::Result<ExitCode> {
     };
     let mut chosen = Vec::new();
     for id in &args.models {
-        let model = models
-            .get(id)
-            .with_context(|| {
-                let known: Vec<&str> = models.models().iter().map(|m| m.id()).collect();
-                format!("unknown model `{id}`; configured: {}", known.join(", "))
-            })?;
+        let model = models.get(id).with_context(|| {
+            let known: Vec<&str> = models.models().iter().map(|m| m.id()).collect();
+            format!("unknown model `{id}`; configured: {}", known.join(", "))
+        })?;
         chosen.push(model.clone());
     }
     let refs: Vec<&picasso::model::Model> = chosen.iter().map(Arc::as_ref).collect();
-    let visualization = runner::plan_visualization(plugin, &request, &refs).map_err(anyhow::Error::msg)?;
+    let visualization =
+        runner::plan_visualization(plugin, &request, &refs).map_err(anyhow::Error::msg)?;
     let plan = runner::Plan {
         job: "explain".to_owned(),
         seed: args.seed.unwrap_or_else(rand::random),
@@ -206,11 +235,13 @@ fn explain(config: Config, args: ExplainArgs) -> anyhow::Result<ExitCode> {
             let upload = upload.clone();
             JobImage {
                 id: path.display().to_string(),
-                name: path
-                    .file_name()
-                    .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned()),
+                name: path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                ),
                 load: Box::new(move || {
-                    let bytes = std::fs::read(&path).map_err(|error| format!("cannot read `{}`: {error}", path.display()))?;
+                    let bytes = std::fs::read(&path)
+                        .map_err(|error| format!("cannot read `{}`: {error}", path.display()))?;
                     picasso::imageio::decode(&bytes, &upload)
                         .map(|decoded| decoded.rgba)
                         .map_err(|error| format!("`{}`: {error}", path.display()))
@@ -223,7 +254,14 @@ fn explain(config: Config, args: ExplainArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create `{}`", args.out.display()))?;
     let cancel = Arc::new(AtomicBool::new(false));
     let progress: runner::Progress = Arc::new(|_, _| {});
-    let manifest = runner::run(&plan, registry.sandbox(), images, &args.out, progress, &cancel)?;
+    let manifest = runner::run(
+        &plan,
+        registry.sandbox(),
+        images,
+        &args.out,
+        progress,
+        &cancel,
+    )?;
 
     let mut failures = 0;
     for image in &manifest.images {
@@ -233,10 +271,9 @@ fn explain(config: Config, args: ExplainArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         for model in &image.models {
-            let top = model
-                .top_classes
-                .first()
-                .map_or_else(String::new, |c| format!("{} ({:.3})", c.label, c.probability));
+            let top = model.top_classes.first().map_or_else(String::new, |c| {
+                format!("{} ({:.3})", c.label, c.probability)
+            });
             println!("{}\t{}\t{top}", image.name, model.model);
             for render in &model.renders {
                 if let Some(error) = &render.error {
@@ -247,7 +284,45 @@ fn explain(config: Config, args: ExplainArgs) -> anyhow::Result<ExitCode> {
         }
     }
     println!("wrote {}", args.out.join("manifest.json").display());
-    Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn gradient_model(args: GradientModelArgs) -> anyhow::Result<ExitCode> {
+    use onnx_protobuf::Message;
+
+    let bytes = std::fs::read(&args.model)
+        .with_context(|| format!("cannot read `{}`", args.model.display()))?;
+    let model = onnx_protobuf::ModelProto::parse_from_bytes(&bytes)
+        .with_context(|| format!("`{}` is not an ONNX model", args.model.display()))?;
+    let request = picasso_gradient::Request {
+        output: args.output,
+        input: None,
+        intermediates: args.tensors,
+    };
+    let derived = picasso_gradient::derive(&model, &request)
+        .with_context(|| format!("cannot differentiate `{}`", args.model.display()))?;
+    picasso::fsutil::write_atomic(&args.out, &derived.to_bytes())
+        .with_context(|| format!("cannot write `{}`", args.out.display()))?;
+    println!("wrote {}", args.out.display());
+    println!(
+        "inputs: {} (the model input), {} (seed, float [batch, classes])",
+        derived.input, derived.seed
+    );
+    println!(
+        "outputs: {} (logits), {} (input gradient)",
+        derived.logits, derived.input_gradient
+    );
+    for outputs in &derived.intermediates {
+        println!(
+            "        {} (activation of {}), {} (its gradient)",
+            outputs.activation, outputs.tensor, outputs.gradient
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn looks_like_path(value: &str) -> bool {

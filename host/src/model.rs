@@ -8,6 +8,7 @@
 //! calls into these functions and counts them against its limits.
 
 pub mod declaration;
+pub mod gradient;
 pub mod preprocess;
 pub mod runtime;
 
@@ -15,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use image::RgbaImage;
+use ort::session::RunOptions;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::RunOptions;
 use ort::value::TensorRef;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -63,6 +64,8 @@ pub struct Model {
     pub content_hash: String,
     /// The intermediate tensors plugins may inspect, in graph order.
     pub tensors: Vec<InspectableTensor>,
+    /// The gradient models, or why the model cannot be differentiated.
+    gradients: Result<gradient::Gradients, String>,
     // `Session::run` takes `&mut self`; ONNX Runtime parallelizes inside a
     // run, so one run at a time per model loses little on a small machine.
     session: Mutex<Session>,
@@ -118,6 +121,10 @@ impl Model {
         let labels: Vec<String> = labels_text.lines().map(str::to_owned).collect();
         let onnx = read(&declaration.onnx)?;
         let content_hash = hex::encode(Sha256::digest(&onnx));
+        let (tensors, gradients) = differentiate(&onnx, options, labels.len());
+        if let Err(reason) = &gradients {
+            tracing::warn!(model = %id, %reason, "gradients unavailable; gradient plugins are disabled for this model");
+        }
 
         let session = new_session(&onnx, options).map_err(|error| {
             invalid(format!(
@@ -129,7 +136,8 @@ impl Model {
             declaration,
             labels,
             content_hash,
-            tensors: Vec::new(),
+            tensors,
+            gradients,
             session: Mutex::new(session),
         };
         model.check_output().map_err(invalid)?;
@@ -295,6 +303,37 @@ impl Model {
         Ok((logits, classes))
     }
 
+    /// Runs the gradient model on a batch: the logits, the gradient of each
+    /// item's seeded score with respect to the input, and optionally the
+    /// activations and gradient of an intermediate tensor.
+    ///
+    /// # Errors
+    ///
+    /// [`ModelError::Unsupported`] when the model cannot be differentiated;
+    /// an invalid batch, seed or tensor name; a failed or terminated run.
+    pub fn gradients(
+        &self,
+        shape: &[usize],
+        data: &[f32],
+        seeds: &[gradient::Seed],
+        tensor: Option<&str>,
+        options: Option<&RunOptions>,
+    ) -> Result<gradient::GradientOutput, ModelError> {
+        self.check_input(shape, data)?;
+        let gradients = self.gradients.as_ref().map_err(|reason| {
+            ModelError::Unsupported(format!("model `{}` has no gradients: {reason}", self.id()))
+        })?;
+        if let Some(name) = tensor
+            && !self.has_tensor(name)
+        {
+            return Err(ModelError::InvalidArgument(format!(
+                "model `{}` has no inspectable tensor `{name}`; model.info lists them",
+                self.id()
+            )));
+        }
+        gradients.run(shape, data, seeds, tensor, options)
+    }
+
     /// Ranks one item's logits into class scores, best first, with softmax
     /// probabilities.
     pub fn scores(&self, logits: &[f32]) -> Vec<ClassScore> {
@@ -330,11 +369,40 @@ impl Model {
             classes: self.labels.len(),
             labels: self.labels.clone(),
             tensors: self.tensors.clone(),
-            gradients: Some(
-                "this host version does not compute gradients yet".to_owned(),
-            ),
+            gradients: self.gradients.as_ref().err().cloned(),
         }
     }
+}
+
+/// Lists the inspectable tensors and derives the gradient model once, to
+/// learn whether gradients are available.
+fn differentiate(
+    onnx: &[u8],
+    options: &SessionOptions,
+    classes: usize,
+) -> (Vec<InspectableTensor>, Result<gradient::Gradients, String>) {
+    use onnx_protobuf::Message;
+
+    let proto = match onnx_protobuf::ModelProto::parse_from_bytes(onnx) {
+        Ok(proto) => proto,
+        Err(error) => {
+            return (
+                Vec::new(),
+                Err(format!("cannot parse the ONNX file: {error}")),
+            );
+        }
+    };
+    let tensors = picasso_gradient::inspectable_tensors(&proto)
+        .into_iter()
+        .map(|t| InspectableTensor {
+            name: t.name,
+            shape: t.shape,
+            op_type: t.op_type,
+        })
+        .collect();
+    let gradients =
+        gradient::Gradients::new(proto, options, classes).map_err(|error| error.to_string());
+    (tensors, gradients)
 }
 
 fn new_session(onnx: &[u8], options: &SessionOptions) -> Result<Session, ort::Error> {
@@ -433,7 +501,11 @@ impl ModelCatalog {
                     });
                 }
                 Ok(model) => {
-                    tracing::info!(model = model.id(), classes = model.classes(), "loaded model");
+                    tracing::info!(
+                        model = model.id(),
+                        classes = model.classes(),
+                        "loaded model"
+                    );
                     catalog.models.push(Arc::new(model));
                 }
                 Err(error) => {

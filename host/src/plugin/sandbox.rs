@@ -225,12 +225,10 @@ impl Sandbox {
     pub fn render(&self, request: RenderRequest<'_>) -> Result<RenderOutput, RenderError> {
         let plugin = request.plugin;
         let name = plugin.display_name();
-        let run_options = Arc::new(
-            RunOptions::new().map_err(|error| RenderError::Trap {
-                plugin: name.clone(),
-                message: format!("cannot create run options: {error}"),
-            })?,
-        );
+        let run_options = Arc::new(RunOptions::new().map_err(|error| RenderError::Trap {
+            plugin: name.clone(),
+            message: format!("cannot create run options: {error}"),
+        })?);
         let deadline = Instant::now() + self.limits.deadline;
         let context = RenderContext {
             plugin: name.clone(),
@@ -266,7 +264,11 @@ impl Sandbox {
         drop(watchdog);
 
         let images_used = store.data().render.as_ref().map_or(0, |r| r.images_used);
-        if request.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+        if request
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
             return Err(RenderError::Cancelled);
         }
         let panels = match result {
@@ -361,7 +363,12 @@ fn check_panels(limits: &SandboxLimits, model: &Model, panels: &[Panel]) -> Resu
         ));
     }
     for (index, panel) in panels.iter().enumerate() {
-        let at = |message: String| format!("panel {index} (`{}`): {message}", panel.title.escape_debug());
+        let at = |message: String| {
+            format!(
+                "panel {index} (`{}`): {message}",
+                panel.title.escape_debug()
+            )
+        };
         if panel.title.chars().count() > 200 {
             return Err(at("title longer than 200 characters".to_owned()));
         }
@@ -438,6 +445,16 @@ pub struct RenderRequest<'a> {
     pub cancel: Option<Arc<AtomicBool>>,
 }
 
+impl std::fmt::Debug for RenderRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenderRequest")
+            .field("plugin", &self.plugin.display_name())
+            .field("model", &self.model.id())
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a successful render produced.
 #[derive(Debug)]
 pub struct RenderOutput {
@@ -455,7 +472,11 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn start(deadline: Instant, options: Arc<RunOptions>, cancel: Option<Arc<AtomicBool>>) -> Watchdog {
+    fn start(
+        deadline: Instant,
+        options: Arc<RunOptions>,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Watchdog {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("picasso-watchdog".to_owned())
@@ -502,6 +523,12 @@ pub struct State {
     limiter: Limiter,
     /// `None` while `describe` runs: the model is off limits then.
     render: Option<RenderContext>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").finish_non_exhaustive()
+    }
 }
 
 impl WasiView for State {
@@ -570,8 +597,14 @@ struct RenderContext {
 impl RenderContext {
     /// Stops the render if it is past its deadline or cancelled.
     fn check_time(&self) -> wasmtime::Result<()> {
-        if self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(wasmtime::Error::new(LimitExceeded("the job was cancelled".to_owned())));
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(wasmtime::Error::new(LimitExceeded(
+                "the job was cancelled".to_owned(),
+            )));
         }
         if Instant::now() >= self.deadline {
             return Err(deadline_error(&self.limits));
@@ -721,11 +754,51 @@ impl bindings::picasso::plugin::model::Host for State {
                 seeds.len()
             ))));
         }
-        let _ = tensor;
-        Ok(Err(ModelError::Unsupported(format!(
-            "gradients of model `{}` are not available in this host version",
-            context.model.id()
-        ))))
+        context.spend(items)?;
+        let shape: Vec<usize> = batch.shape.iter().map(|&d| d as usize).collect();
+        let seeds: Vec<model::gradient::Seed> = seeds
+            .into_iter()
+            .map(|seed| match seed {
+                bindings::Seed::Class(class) => model::gradient::Seed::Class(class),
+                bindings::Seed::Weights(weights) => model::gradient::Seed::Weights(weights),
+            })
+            .collect();
+        let span = tracing::debug_span!("gradient_run", model = context.model.id(), items);
+        let result = span.in_scope(|| {
+            context.model.gradients(
+                &shape,
+                &batch.data,
+                &seeds,
+                tensor.as_deref(),
+                Some(&context.run_options),
+            )
+        });
+        context.check_time()?;
+        let output = match result {
+            Ok(output) => output,
+            Err(error) => return Ok(Err(model_error(error))),
+        };
+        let classes = (output.logits.len() / items.max(1)) as u32;
+        let to_tensor = |shape: &[usize], data: Vec<f32>| Tensor {
+            shape: shape.iter().map(|&d| d as u32).collect(),
+            data,
+        };
+        let (activations, activation_gradient) = match output.intermediate {
+            Some((shape, activation, gradient)) => (
+                Some(to_tensor(&shape, activation)),
+                Some(to_tensor(&shape, gradient)),
+            ),
+            None => (None, None),
+        };
+        Ok(Ok(bindings::GradientResult {
+            logits: Tensor {
+                shape: vec![items as u32, classes],
+                data: output.logits,
+            },
+            input_gradient: to_tensor(&shape, output.input_gradient),
+            activations,
+            activation_gradient,
+        }))
     }
 }
 
