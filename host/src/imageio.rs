@@ -6,11 +6,12 @@
 //! detected from the bytes, never from the file name, and only the formats in
 //! [`SUPPORTED_FORMATS`] are accepted.
 //!
-//! Three limits protect the server, in the order they are checked:
-//! the file size (`uploads.max_bytes`), the pixel count read from the header
-//! before any pixel is decoded (`uploads.max_pixels`, the guard against
-//! decompression bombs: a few kilobytes of PNG can claim gigapixels), and
-//! [`image::Limits::max_alloc`] for the decoder's own buffers.
+//! Three limits protect the server, checked in this order. The first is the
+//! file size (`uploads.max_bytes`). The second is the pixel count read from
+//! the header before any pixel is decoded (`uploads.max_pixels`), the guard
+//! against decompression bombs, because a few kilobytes of PNG can claim
+//! gigapixels. The third is [`image::Limits::max_alloc`] for the decoder's
+//! own buffers.
 
 use std::fmt;
 use std::io::Cursor;
@@ -32,10 +33,10 @@ pub struct DecodedImage {
     pub format: &'static str,
 }
 
-/// Why an upload could not be decoded.
+/// An upload that broke a limit or could not be decoded.
 ///
-/// The message names the file when one was given with [`ImageError::named`];
-/// without one it speaks of "the file" or "the image".
+/// The message names the file when one was given with [`ImageError::named`].
+/// Without a name it reads "the file" or "the image".
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ImageError {
     #[error("{} is not an image in a supported format ({SUPPORTED_FORMATS})", Subject("file", .name))]
@@ -141,7 +142,7 @@ pub fn check_size(bytes: u64, limits: &UploadConfig) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// The error for an upload whose reading stopped once it passed
+/// Builds the error for an upload whose reading stopped once it passed
 /// `uploads.max_bytes`, so its whole size is unknown.
 pub fn larger_than_limit(limits: &UploadConfig) -> ImageError {
     ImageError::TooLarge {
@@ -183,7 +184,7 @@ pub fn decode(bytes: &[u8], limits: &UploadConfig) -> Result<DecodedImage, Image
     }
 
     // A broken EXIF block should not cost the user an image whose pixels
-    // are fine: keep the pixels as stored and say so in the log.
+    // are fine, so the pixels are kept as stored and a warning is logged.
     let orientation = decoder.orientation().unwrap_or_else(|error| {
         tracing::warn!(%error, "ignoring unreadable EXIF orientation");
         image::metadata::Orientation::NoTransforms
@@ -257,7 +258,7 @@ mod tests {
         bytes.into_inner()
     }
 
-    /// A 16x8 image: the left half red, the right half blue.
+    /// Builds a 16x8 image with a red left half and a blue right half.
     fn red_blue() -> RgbaImage {
         RgbaImage::from_fn(16, 8, |x, _| {
             if x < 8 {
@@ -459,7 +460,8 @@ mod tests {
         chunk
     }
 
-    /// A PNG of a few dozen bytes whose header claims 20000x20000 pixels.
+    /// Builds a PNG of a few dozen bytes whose header claims 20000x20000
+    /// pixels.
     fn bomb_header() -> Vec<u8> {
         let mut ihdr = Vec::new();
         ihdr.extend_from_slice(&20_000u32.to_be_bytes());

@@ -56,7 +56,7 @@ struct Inner {
     jobs_dir: PathBuf,
 }
 
-/// Why a store operation failed.
+/// The failure of a store operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The image, job or file does not exist in this session.
@@ -158,7 +158,7 @@ impl Store {
         Ok(store)
     }
 
-    /// The connection. A panic while it was held leaves SQLite itself
+    /// Locks the connection. A panic while it was held leaves SQLite itself
     /// consistent (every multi-statement change is a transaction), so a
     /// poisoned lock is taken over rather than propagated.
     fn connection(&self) -> MutexGuard<'_, Connection> {
@@ -272,9 +272,10 @@ fn remove_path(path: &Path) -> usize {
     }
 }
 
-/// Whether `id` has the form of the ids this store and the web sessions
-/// issue: 32 lowercase hexadecimal digits. Anything else is never a valid
-/// image, job or session id, and is safe to use as a file name.
+/// Checks whether `id` has the form of the ids this store and the web
+/// sessions issue: 32 lowercase hexadecimal digits. Such an id is safe to
+/// use as a file name, and any other string is never a valid image, job or
+/// session id.
 pub fn is_valid_id(id: &str) -> bool {
     id.len() == 32
         && id
@@ -282,7 +283,7 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// A fresh random id in the form [`is_valid_id`] accepts.
+/// Creates a random id in the form that [`is_valid_id`] accepts.
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }

@@ -12,11 +12,12 @@ use crate::config::UploadConfig;
 use crate::fsutil::write_atomic;
 use crate::imageio;
 
-/// The longest side of a thumbnail, in pixels: sharp in a 128-pixel grid
-/// cell on a high-density screen.
+/// The maximum side of a thumbnail, in pixels, which stays sharp in a
+/// 128-pixel grid cell on a high-density screen.
 pub const THUMBNAIL_SIZE: u32 = 256;
 
-/// The longest file name kept, in characters; longer names are cut.
+/// The maximum length of a stored file name, in characters. Longer names
+/// are cut.
 const MAX_NAME_CHARS: usize = 200;
 
 /// An uploaded image, as the API shows it.
@@ -37,7 +38,7 @@ pub struct ImageRecord {
 }
 
 impl ImageRecord {
-    /// The MIME type of the original file.
+    /// Returns the MIME type of the original file.
     pub fn content_type(&self) -> &'static str {
         match self.format.as_str() {
             "png" => "image/png",
@@ -133,7 +134,7 @@ impl Store {
         Ok(())
     }
 
-    /// The images of `session`, oldest first.
+    /// Lists the images of `session`, oldest first.
     ///
     /// # Errors
     ///
@@ -412,7 +413,7 @@ mod tests {
     fn bad_upload_stores_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
-        let kept = store
+        let first_upload = store
             .add_image(ALICE, "ok.png", &png(4, 4), &UploadConfig::default())
             .expect("store a good image first");
         let before = files_under(dir.path().join("images").as_path());
@@ -432,7 +433,7 @@ mod tests {
         assert!(matches!(error, StoreError::Image(_)), "{error}");
 
         assert_eq!(files_under(dir.path().join("images").as_path()), before);
-        assert_eq!(store.list_images(ALICE).expect("list"), vec![kept]);
+        assert_eq!(store.list_images(ALICE).expect("list"), vec![first_upload]);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub struct JobRecord {
     #[serde(skip_serializing)]
     pub session: String,
     pub state: JobState,
-    /// Why the job failed, was cancelled or interrupted.
+    /// The reason the job failed, was cancelled or was interrupted.
     pub message: Option<String>,
     /// Renders finished so far, out of `progress_total`.
     pub progress_done: u64,
@@ -162,7 +162,7 @@ impl Store {
         Ok(())
     }
 
-    /// One job of `session`.
+    /// Reads one job of `session`.
     ///
     /// # Errors
     ///
@@ -179,7 +179,7 @@ impl Store {
         row.ok_or_else(|| job_not_found(id))?.parse()
     }
 
-    /// The jobs of `session`, newest first.
+    /// Lists the jobs of `session`, newest first.
     ///
     /// # Errors
     ///
@@ -219,7 +219,7 @@ impl Store {
         Ok(())
     }
 
-    /// The folder for a job's result files, created when missing.
+    /// Returns the folder for a job's result files, creating it when missing.
     ///
     /// `job` must be an id from [`Store::create_job`]. A creation failure is
     /// logged here and surfaces again as the error of the first write.
@@ -239,7 +239,7 @@ impl Store {
         dir
     }
 
-    /// The path of a result file of a job of `session`.
+    /// Resolves the path of a result file of a job of `session`.
     ///
     /// `rel_path` is relative to the job's folder, as written in its
     /// manifest. Symbolic links that lead out of the folder are rejected too.
@@ -279,7 +279,7 @@ impl Store {
         Ok(resolved)
     }
 
-    /// A job's manifest, or `None` while the job has not written one yet.
+    /// Reads a job's manifest, or `None` while the job has not written one.
     ///
     /// # Errors
     ///

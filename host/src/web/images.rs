@@ -4,9 +4,9 @@
 //! file fields (any field name; fields without a file name are ignored).
 //! Files are read and stored one at a time, in the order they arrive. The
 //! first file that breaks a limit or does not decode ends the request with
-//! its error (413, 415 or 422, naming the file); the files before it stay
-//! stored and are listed under `stored` in the error body, and the files
-//! after it are not read. On success the answer is `201` with
+//! its error (413, 415 or 422), which names the file. The files before it
+//! stay stored and are listed under `stored` in the error body. The files
+//! after it are not read. On success the response is `201` with
 //! `{"images": [...]}`.
 
 use actix_multipart::{Field, Multipart};

@@ -22,8 +22,8 @@ mod tests {
     use super::*;
     use crate::web::API_ROUTES;
 
-    /// An actix pattern such as `/api/jobs/{id}/files/{path:.*}` in OpenAPI
-    /// form: `/api/jobs/{id}/files/{path}`.
+    /// Converts an actix pattern such as `/api/jobs/{id}/files/{path:.*}`
+    /// to OpenAPI form, `/api/jobs/{id}/files/{path}`.
     fn openapi_path(pattern: &str) -> String {
         pattern
             .split('/')

@@ -55,7 +55,7 @@ pub struct Pages {
     tera: Tera,
 }
 
-/// What the index page shows, apart from the parts the script loads.
+/// The data of the index page, apart from the parts the script loads.
 #[derive(Debug, Serialize)]
 pub struct IndexContext {
     pub version: &'static str,
@@ -166,8 +166,8 @@ async fn asset(name: web::Path<String>) -> Result<HttpResponse, ApiError> {
         .body(*body))
 }
 
-/// The color bar of a scale, drawn by the same code that colors heatmaps,
-/// so the legend cannot drift from the maps.
+/// Serves the color bar of a scale, drawn by the same code that colors
+/// heatmaps, so the legend cannot drift from the maps.
 async fn colorbar(scale: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let scale = match scale.as_str() {
         "sequential" => Scale::Sequential,

@@ -6,8 +6,8 @@
 //! send it in the `X-Picasso-Session` header, with any id of that form they
 //! generate themselves; the header wins over the cookie.
 //!
-//! The id is the only credential: whoever holds it sees that session's
-//! uploads and results. The cookie is not marked `Secure` because the server
+//! The id is the only credential. Any client that sends it sees that
+//! session's uploads and results. The cookie is not marked `Secure` because the server
 //! speaks plain HTTP; put a TLS proxy in front of it before exposing it
 //! beyond the local machine.
 
