@@ -48,6 +48,8 @@ pub struct ServerOptions {
     pub plugins_dir: PathBuf,
     /// Extra TOML appended to the generated configuration.
     pub extra_config: String,
+    /// The binary to run instead of [`picasso_bin`].
+    pub binary: Option<PathBuf>,
 }
 
 impl Default for ServerOptions {
@@ -56,6 +58,7 @@ impl Default for ServerOptions {
             models_dir: repo_root().join("models"),
             plugins_dir: repo_root().join("plugins"),
             extra_config: String::new(),
+            binary: None,
         }
     }
 }
@@ -70,6 +73,7 @@ pub struct Server {
     // Keeps the folder alive as long as the server.
     _dir: tempfile::TempDir,
     log_file: PathBuf,
+    binary: PathBuf,
 }
 
 impl Server {
@@ -109,6 +113,7 @@ impl Server {
             data_dir,
             _dir: dir,
             log_file,
+            binary: options.binary.unwrap_or_else(picasso_bin),
         };
         server.spawn();
         server
@@ -120,7 +125,7 @@ impl Server {
             .append(true)
             .open(&self.log_file)
             .expect("open the server log");
-        let child = Command::new(picasso_bin())
+        let child = Command::new(&self.binary)
             .arg("--config")
             .arg(&self.config_file)
             .arg("serve")
@@ -293,7 +298,7 @@ impl Client {
             if started.elapsed() > Duration::from_secs(600) {
                 bail!("job {id} still {state} after 10 minutes");
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
