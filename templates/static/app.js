@@ -667,7 +667,7 @@
     return el(
       "li",
       {},
-      el("span", { class: "class-label", text: score.label }),
+      el("span", { class: "class-label", title: score.label, text: score.label }),
       el("span", { class: "bar-track", "aria-hidden": "true" }, bar),
       el("span", { class: "probability", text: percent.toFixed(percent >= 10 ? 1 : 2) + "%" })
     );
@@ -719,20 +719,23 @@
     if (panel.kind === "scores") {
       const list = el("ol", { class: "top-classes" });
       for (const score of panel.scores || []) list.append(scoreItem(score));
-      return el("figure", { class: "panel" }, list, el("figcaption", { text: panel.title }));
+      return el("figure", { class: "panel" }, el("figcaption", {}, el("span", { class: "panel-title", text: panel.title })), list);
     }
     return el("p", { class: "muted", text: "Unknown panel kind " + JSON.stringify(panel.kind) });
   }
 
   function heatmapFigure(panel, context) {
-    const subject = panel.class_label ? " for class \u201c" + panel.class_label + "\u201d" : "";
+    const label = panel.class_label || "";
+    const titled = label !== "" && panel.title.includes(label);
+    const classLine = label !== "" && !titled ? "Class: " + label + (panel.class_index !== null && panel.class_index !== undefined ? " (" + panel.class_index + ")" : "") : null;
+    const subject = label !== "" ? " (class " + label + ")" : "";
     const alt = panel.title + subject + ": " + context.plugin + " heatmap of " + context.model + " over " + context.image;
     const overlay = jobFileUrl(context.jobId, panel.overlay);
     const scale = panel.scale === "diverging" ? "diverging" : "sequential";
     const legend = el(
       "div",
       { class: "colorbar" },
-      el("img", { src: "/static/colorbar/" + scale + ".png", alt: scale === "diverging" ? "Color scale from blue (negative) through white (zero) to red (positive)" : "Color scale from dark purple (low) to yellow (high)" }),
+      el("img", { src: panel.colorbar ? jobFileUrl(context.jobId, panel.colorbar) : "/static/colorbar/" + scale + ".png", alt: scale === "diverging" ? "Color scale from blue (negative) through white (zero) to red (positive)" : "Color scale from dark purple (low) to yellow (high)" }),
       el("div", { class: "colorbar-labels" }, el("span", { text: formatNumber(panel.color_min) }), scale === "diverging" ? el("span", { text: "0" }) : null, el("span", { text: formatNumber(panel.color_max) }))
     );
     return el(
@@ -742,7 +745,8 @@
       el(
         "figcaption",
         {},
-        el("span", { class: "panel-title", text: panel.title + subject }),
+        el("span", { class: "panel-title", text: panel.title }),
+        classLine ? el("span", { class: "small", text: classLine }) : null,
         legend,
         el("span", { class: "muted small", text: panel.meaning }),
         el("span", { class: "muted small", text: "This map: " + formatNumber(panel.min) + " to " + formatNumber(panel.max) + ", " + panel.width + "\u00d7" + panel.height }),
@@ -796,7 +800,7 @@
   function jobRow(job) {
     const fraction = job.progress_total > 0 ? job.progress_done / job.progress_total : isFinal(job.state) && job.state === "completed" ? 1 : 0;
     const spec = job.spec;
-    const runs = spec.images.length + " \u00d7 " + spec.models.join(", ") + " \u00d7 " + spec.visualizations.map((v) => v.plugin).join(", ");
+    const runs = spec.images.length + (spec.images.length === 1 ? " image" : " images") + " \u00d7 " + spec.models.join(", ") + " \u00d7 " + spec.visualizations.map((v) => v.plugin).join(", ");
     const open = el("a", { href: "/jobs/" + encodeURIComponent(job.id), text: "Open" });
     const remove = el("button", {
       type: "button",
