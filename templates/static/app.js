@@ -207,7 +207,8 @@
       status.textContent = "Stored " + body.images.length + (body.images.length === 1 ? " image." : " images.");
     } catch (error) {
       const stored = error.body && error.body.stored ? error.body.stored.length : 0;
-      status.textContent = stored ? "Stored " + stored + " image(s) before the error." : "";
+      status.textContent =
+        stored > 0 ? "Stored " + stored + " of " + files.length + " files. The upload stopped at the error below; choose the remaining files again." : "";
       showError($("upload-error"), error.message);
     }
     await refreshImages().catch((error) => showError($("upload-error"), error.message));
@@ -247,7 +248,7 @@
   }
 
   /** Disables gradient plugins while a chosen model has no gradients, and
-   *  says which model and why. */
+   *  names that model and the reason. */
   function updateGradientAvailability() {
     const lacking = selectedModels()
       .map(modelById)
@@ -290,8 +291,8 @@
 
   // -------------------------------------------------------- settings forms
 
-  /** The model whose labels and tensors the class and tensor settings list:
-   *  the first chosen one, since one job shares settings across models. */
+  /** Picks the model whose labels and tensors the class and tensor settings
+   *  list: the first chosen one, since one job shares settings across models. */
   function referenceModel() {
     const chosen = selectedModels();
     return modelById(chosen[0]) || catalog.models[0] || null;
@@ -394,7 +395,7 @@
     return el("div", { class: "setting-row" + (kind.type === "boolean" ? " inline" : "") }, label, control, range, extra, help);
   }
 
-  /** A step that gives about a hundred values between the bounds. */
+  /** Computes a step that gives about a hundred values between the bounds. */
   function floatStep(min, max) {
     const span = Math.abs(max - min);
     if (!isFinite(span) || span === 0) return "any";
@@ -599,7 +600,8 @@
     const body = $("results-body");
     let manifest = null;
     try {
-      manifest = await api("/api/jobs/" + encodeURIComponent(job.id) + "/manifest");
+      // Only a completed job writes its manifest.
+      if (job.state === "completed") manifest = await api("/api/jobs/" + encodeURIComponent(job.id) + "/manifest");
     } catch (error) {
       if (error.status !== 404) {
         body.replaceChildren(el("p", { class: "notice error", text: error.message }));
@@ -727,7 +729,11 @@
   function heatmapFigure(panel, context) {
     const label = panel.class_label || "";
     const titled = label !== "" && panel.title.includes(label);
-    const classLine = label !== "" && !titled ? "Class: " + label + (panel.class_index !== null && panel.class_index !== undefined ? " (" + panel.class_index + ")" : "") : null;
+    let classLine = null;
+    if (label !== "" && !titled) {
+      classLine = "Class: " + label;
+      if (typeof panel.class_index === "number") classLine += " (" + panel.class_index + ")";
+    }
     const subject = label !== "" ? " (class " + label + ")" : "";
     const alt = panel.title + subject + ": " + context.plugin + " heatmap of " + context.model + " over " + context.image;
     const overlay = jobFileUrl(context.jobId, panel.overlay);
