@@ -313,6 +313,32 @@ mod tests {
     }
 
     #[actix_web::test]
+    async fn unusual_file_name_is_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let app = service!(store, UploadConfig::default());
+        let name = "caf\u{e9} \\\"quoted\\\".png";
+        let bytes = png(2, 2);
+        let files: [(&str, &[u8]); 1] = [(name, &bytes)];
+        let response = test::call_service(&app, upload_request(ALICE, &files).to_request()).await;
+        assert_eq!(response.status().as_u16(), 201);
+        let body: serde_json::Value = test::read_body_json(response).await;
+        let id = body["images"][0]["id"].as_str().expect("id").to_owned();
+
+        let fetch = test::TestRequest::get()
+            .uri(&format!("/api/images/{id}/file"))
+            .insert_header((SESSION_HEADER, ALICE));
+        let response = test::call_service(&app, fetch.to_request()).await;
+        assert_eq!(
+            response.status().as_u16(),
+            200,
+            "name {:?}",
+            body["images"][0]["name"]
+        );
+        assert!(response.headers().contains_key(header::CONTENT_DISPOSITION));
+    }
+
+    #[actix_web::test]
     async fn bad_file_keeps_files_before_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
