@@ -265,7 +265,7 @@ mod tests {
                 listing("saliency", "javascript:alert(1)", true),
             ],
             failed_visualizations: vec![PluginListing {
-                file: "bad.wasm".to_owned(),
+                file: "/srv/picasso/plugins/bad.wasm".to_owned(),
                 content_hash: "ef".repeat(32),
                 status: "failed",
                 error: Some(format!("trap {HOSTILE}")),
@@ -287,6 +287,7 @@ mod tests {
         );
         assert!(html.contains("missing key"), "failed models are listed");
         assert!(html.contains("bad.wasm"), "failed plugins are listed");
+        assert!(!html.contains("srv"), "by file name, without server folders");
         assert!(html.contains("trap &lt;script&gt;"), "with their errors");
     }
 
