@@ -138,7 +138,20 @@ pub trait Visualization {
 /// Call it once, at the top level of the plugin crate, with the type that
 /// implements [`Visualization`]:
 ///
-/// ```ignore
+/// ```no_run
+/// # use picasso_plugin_sdk::{Descriptor, Error, Image, Panel, Settings, Visualization};
+/// struct Occlusion;
+///
+/// impl Visualization for Occlusion {
+///     // ...
+/// #   fn describe() -> Descriptor {
+/// #       Descriptor::new("occlusion", "0.1.0", "Occlusion")
+/// #   }
+/// #   fn render(_: &Image, _: &Settings) -> Result<Vec<Panel>, Error> {
+/// #       Ok(Vec::new())
+/// #   }
+/// }
+///
 /// picasso_plugin_sdk::export_visualization!(Occlusion);
 /// ```
 #[macro_export]
@@ -209,4 +222,74 @@ pub mod __bindings {
     });
 
     pub use wit_bindgen as __wit_bindgen;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::__bindings::{Guest, Setting};
+
+    /// A visualization that shows the input under a title made of the
+    /// `label` setting and the input's size, without calling the host.
+    struct Echo;
+
+    impl Visualization for Echo {
+        fn describe() -> Descriptor {
+            Descriptor::new("echo", "0.1.0", "Echo").setting(SettingSpec::choice(
+                "label",
+                "Label",
+                "Title.",
+                &["a", "b"],
+                "a",
+            ))
+        }
+
+        fn render(input: &Image, settings: &Settings) -> Result<Vec<Panel>, Error> {
+            let title = format!(
+                "{} {}x{}",
+                settings.choice("label")?,
+                input.width,
+                input.height
+            );
+            Ok(vec![Panel::image(title, input.clone())])
+        }
+    }
+
+    fn label(value: &str) -> Vec<Setting> {
+        vec![Setting {
+            name: "label".into(),
+            value: SettingValue::Choice(value.into()),
+        }]
+    }
+
+    #[test]
+    fn export_forwards_describe_and_render() {
+        let input = Image::filled(3, 2, [1, 2, 3, 255]);
+
+        let panels = __private::Export::<Echo>::render(input.clone(), label("b"));
+
+        assert_eq!(__private::Export::<Echo>::describe(), Echo::describe());
+        assert_eq!(panels, Ok(vec![Panel::image("b 3x2", input)]));
+    }
+
+    #[test]
+    fn export_rejects_malformed_input_before_render() {
+        let mut input = Image::filled(3, 2, [1, 2, 3, 255]);
+        input.pixels.truncate(5);
+
+        let result = __private::Export::<Echo>::render(input, label("a"));
+
+        let message = result.expect_err("5 bytes for 3 x 2 pixels");
+        assert!(message.contains("holds 5 bytes"), "{message}");
+    }
+
+    #[test]
+    fn export_turns_errors_into_messages() {
+        let result = __private::Export::<Echo>::render(Image::filled(1, 1, [0; 4]), Vec::new());
+
+        assert_eq!(
+            result,
+            Err("setting `label` is missing; declare it in `describe`".to_owned())
+        );
+    }
 }
