@@ -287,7 +287,10 @@ mod tests {
         );
         assert!(html.contains("missing key"), "failed models are listed");
         assert!(html.contains("bad.wasm"), "failed plugins are listed");
-        assert!(!html.contains("srv"), "by file name, without server folders");
+        assert!(
+            !html.contains("srv"),
+            "by file name, without server folders"
+        );
         assert!(html.contains("trap &lt;script&gt;"), "with their errors");
     }
 
