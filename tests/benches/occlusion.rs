@@ -44,7 +44,9 @@ fn main() {
     let warm = client.run_job(&spec).expect("warm-up job");
     let id = warm["id"].as_str().expect("id");
     let manifest = client.manifest(id).expect("manifest");
-    let frame_path = manifest["images"][0]["models"][0]["frame"].as_str().expect("frame");
+    let frame_path = manifest["images"][0]["models"][0]["frame"]
+        .as_str()
+        .expect("frame");
     let frame = image::load_from_memory(&client.job_file(id, frame_path).expect("frame png"))
         .expect("decode frame")
         .to_rgb8();
@@ -70,17 +72,32 @@ fn main() {
     let direct_median = median(&mut direct_times);
     println!("| path | occluded images | median of {RUNS} (ms) |");
     println!("| --- | --- | --- |");
-    println!("| server job (upload excluded, polled every 20 ms) | {images} | {:.0} |", ms(server_median));
-    println!("| direct ONNX Runtime | {images} | {:.0} |", ms(direct_median));
+    println!(
+        "| server job (upload excluded, polled every 20 ms) | {images} | {:.0} |",
+        ms(server_median)
+    );
+    println!(
+        "| direct ONNX Runtime | {images} | {:.0} |",
+        ms(direct_median)
+    );
     println!();
-    println!("ratio server / direct: {:.3}", ms(server_median) / ms(direct_median));
+    println!(
+        "ratio server / direct: {:.3}",
+        ms(server_median) / ms(direct_median)
+    );
 }
 
 fn direct_session() -> Session {
     let library = std::env::var("ORT_DYLIB_PATH").unwrap_or_else(|_| {
-        repo_root().join(".cache/onnxruntime/libonnxruntime.so.1.31.1").display().to_string()
+        repo_root()
+            .join(".cache/onnxruntime/libonnxruntime.so.1.31.1")
+            .display()
+            .to_string()
     });
-    let environment = ort::init_from(&library).expect("load ONNX Runtime").build().expect("environment");
+    let environment = ort::init_from(&library)
+        .expect("load ONNX Runtime")
+        .build()
+        .expect("environment");
     Session::builder(&environment)
         .expect("builder")
         .with_optimization_level(GraphOptimizationLevel::Level3)
@@ -115,10 +132,16 @@ fn occluded_batches(frame: &image::RgbImage) -> Vec<(usize, Vec<f32>)> {
             for (n, &(wx, wy)) in batch.iter().enumerate() {
                 for y in 0..height {
                     for x in 0..width {
-                        let covered = (wx..wx + WINDOW).contains(&x) && (wy..wy + WINDOW).contains(&y);
-                        let pixel = if covered { [128, 128, 128] } else { frame.get_pixel(x as u32, y as u32).0 };
+                        let covered =
+                            (wx..wx + WINDOW).contains(&x) && (wy..wy + WINDOW).contains(&y);
+                        let pixel = if covered {
+                            [128, 128, 128]
+                        } else {
+                            frame.get_pixel(x as u32, y as u32).0
+                        };
                         for c in 0..3 {
-                            input[n * 3 * plane + c * plane + y * width + x] = (pixel[c] as f32 - 127.0) / 128.0;
+                            input[n * 3 * plane + c * plane + y * width + x] =
+                                (pixel[c] as f32 - 127.0) / 128.0;
                         }
                     }
                 }
@@ -130,9 +153,12 @@ fn occluded_batches(frame: &image::RgbImage) -> Vec<(usize, Vec<f32>)> {
 
 fn run_direct(session: &mut Session, batches: &[(usize, Vec<f32>)]) {
     for (count, input) in batches {
-        let tensor = TensorRef::from_array_view(([*count, 3, 224, 224], &input[..])).expect("tensor");
+        let tensor =
+            TensorRef::from_array_view(([*count, 3, 224, 224], &input[..])).expect("tensor");
         let outputs = session.run(ort::inputs!["input" => tensor]).expect("run");
-        let (_, logits) = outputs["logits"].try_extract_tensor::<f32>().expect("logits");
+        let (_, logits) = outputs["logits"]
+            .try_extract_tensor::<f32>()
+            .expect("logits");
         assert_eq!(logits.len(), count * 1000);
     }
 }

@@ -41,6 +41,41 @@ pub fn data(relative: &str) -> PathBuf {
     repo_root().join("tests/data").join(relative)
 }
 
+/// A hostile test plugin built from `tests/plugins/<name>/`.
+///
+/// # Panics
+///
+/// When the component is missing, with the command that builds it.
+pub fn hostile_plugin(name: &str) -> PathBuf {
+    component(
+        &repo_root().join("target/hostile-plugins"),
+        name,
+        "build_hostile_plugins",
+    )
+}
+
+/// A bundled plugin built from `plugins/<name>/`.
+///
+/// # Panics
+///
+/// When the component is missing, with the command that builds it.
+pub fn bundled_plugin(name: &str) -> PathBuf {
+    component(&repo_root().join("plugins"), name, "build_plugins")
+}
+
+/// `<dir>/<name>.wasm`, which the function `build` of scripts/common.sh
+/// writes.
+fn component(dir: &Path, name: &str, build: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "`{}` not found; build it with `bash -c 'source scripts/common.sh; {build}'` \
+         (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
 /// Where a test server gets its models, plugins and data.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -159,7 +194,10 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("picasso did not become healthy in 60 s; log:\n{}", self.log());
+        panic!(
+            "picasso did not become healthy in 60 s; log:\n{}",
+            self.log()
+        );
     }
 
     /// The server's log so far.
@@ -204,10 +242,11 @@ pub struct Client {
     pub base: String,
 }
 
-/// A response's status and body.
+/// A response's status, headers and body.
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
     pub body: Value,
 }
 
@@ -229,9 +268,14 @@ impl Client {
 
     fn reply(response: reqwest::blocking::Response) -> anyhow::Result<Reply> {
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let text = response.text()?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok(Reply { status, body })
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// GET a JSON path.
@@ -247,7 +291,12 @@ impl Client {
 
     /// POST JSON.
     pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Reply> {
-        Self::reply(self.http.post(format!("{}{path}", self.base)).json(body).send()?)
+        Self::reply(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .json(body)
+                .send()?,
+        )
     }
 
     /// DELETE a path.
@@ -259,19 +308,31 @@ impl Client {
     pub fn upload_bytes(&self, files: &[(&str, Vec<u8>)]) -> anyhow::Result<Reply> {
         let mut form = reqwest::blocking::multipart::Form::new();
         for (name, bytes) in files {
-            let part = reqwest::blocking::multipart::Part::bytes(bytes.clone()).file_name(name.to_string());
+            let part = reqwest::blocking::multipart::Part::bytes(bytes.clone())
+                .file_name(name.to_string());
             form = form.part("files", part);
         }
-        Self::reply(self.http.post(format!("{}/api/images", self.base)).multipart(form).send()?)
+        Self::reply(
+            self.http
+                .post(format!("{}/api/images", self.base))
+                .multipart(form)
+                .send()?,
+        )
     }
 
     /// Uploads one file from disk and returns its image id.
     pub fn upload(&self, path: &Path) -> anyhow::Result<String> {
         let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-        let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         let reply = self.upload_bytes(&[(&name, bytes)])?;
         if reply.status != 201 && reply.status != 200 {
-            bail!("upload of {name} failed with {}: {}", reply.status, reply.body);
+            bail!(
+                "upload of {name} failed with {}: {}",
+                reply.status,
+                reply.body
+            );
         }
         image_id(&reply.body).with_context(|| format!("no image id in {}", reply.body))
     }

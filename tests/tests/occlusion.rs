@@ -32,14 +32,23 @@ fn models_dir(dir: &Path) -> PathBuf {
     let absolute = bundled
         .replace(
             "onnx = \"efficientnet-lite0.onnx\"",
-            &format!("onnx = {:?}", models.join("efficientnet-lite0.onnx").display().to_string()),
+            &format!(
+                "onnx = {:?}",
+                models.join("efficientnet-lite0.onnx").display().to_string()
+            ),
         )
         .replace(
             "labels = \"imagenet-labels.txt\"",
-            &format!("labels = {:?}", models.join("imagenet-labels.txt").display().to_string()),
+            &format!(
+                "labels = {:?}",
+                models.join("imagenet-labels.txt").display().to_string()
+            ),
         );
     let stretched = absolute
-        .replace("id = \"efficientnet-lite0\"", "id = \"efficientnet-lite0-stretch\"")
+        .replace(
+            "id = \"efficientnet-lite0\"",
+            "id = \"efficientnet-lite0-stretch\"",
+        )
         .replace("resize = \"center-crop\"", "resize = \"stretch\"")
         .replace("resize-shorter = 256", "");
     std::fs::write(dir.join("efficientnet-lite0.toml"), absolute).expect("write declaration");
@@ -55,7 +64,9 @@ fn cat_photo_occlusion_end_to_end() {
         ..ServerOptions::default()
     });
     let client = server.client();
-    let image = client.upload(&data("photos/chelsea.png")).expect("upload chelsea.png");
+    let image = client
+        .upload(&data("photos/chelsea.png"))
+        .expect("upload chelsea.png");
 
     let spec = json!({
         "images": [image],
@@ -63,10 +74,19 @@ fn cat_photo_occlusion_end_to_end() {
         "visualizations": [
             {"plugin": "class-probabilities", "settings": {"k": 5}},
             {"plugin": "occlusion", "settings": {"window": WINDOW, "stride": STRIDE}},
+            // EfficientNet-Lite0 reads cat fur all over the frame, so small
+            // grey patches move its probabilities by a few percent anywhere.
+            // A black window of 64 pixels hides a whole facial feature.
+            {"plugin": "occlusion", "settings": {"window": 64, "stride": 16, "fill": "black"}},
         ],
     });
     let record = client.run_job(&spec).expect("run the job");
-    assert_eq!(record["state"], "completed", "job record: {record}\nlog:\n{}", server.log());
+    assert_eq!(
+        record["state"],
+        "completed",
+        "job record: {record}\nlog:\n{}",
+        server.log()
+    );
     let id = record["id"].as_str().expect("job id");
     let manifest = client.manifest(id).expect("manifest");
 
@@ -75,7 +95,7 @@ fn cat_photo_occlusion_end_to_end() {
     let stretched = model_result(image_result, "efficientnet-lite0-stretch");
 
     // Top-1 from the class-probabilities plugin is a cat class.
-    let scores = &render(bundled, "class-probabilities")["panels"][0]["scores"];
+    let scores = &render(bundled, 0)["panels"][0]["scores"];
     let top = scores[0]["index"].as_u64().expect("top-1 index");
     assert!(
         CAT_CLASSES.contains(&top),
@@ -90,16 +110,26 @@ fn cat_photo_occlusion_end_to_end() {
     );
 
     // The plugin's occlusion map equals an independent computation.
-    let occlusion = render(bundled, "occlusion");
-    assert!(occlusion["error"].is_null(), "occlusion failed: {}", occlusion["error"]);
+    let occlusion = render(bundled, 1);
+    assert!(
+        occlusion["error"].is_null(),
+        "occlusion failed: {}",
+        occlusion["error"]
+    );
     let heatmap = heatmap_panel(occlusion);
     let class = heatmap["class_index"].as_u64().expect("class index") as usize;
     assert_eq!(class as u64, top, "the default target is the top-1 class");
-    let plugin_map = read_npy(&client.job_file(id, heatmap["npy"].as_str().expect("npy path")).expect("npy"));
+    let plugin_map = read_npy(
+        &client
+            .job_file(id, heatmap["npy"].as_str().expect("npy path"))
+            .expect("npy"),
+    );
     let frame_png = client
         .job_file(id, bundled["frame"].as_str().expect("frame path"))
         .expect("frame png");
-    let frame = image::load_from_memory(&frame_png).expect("decode frame").to_rgb8();
+    let frame = image::load_from_memory(&frame_png)
+        .expect("decode frame")
+        .to_rgb8();
     let expected = independent_occlusion(&frame, class);
     assert_eq!(plugin_map.dim(), expected.dim(), "map size");
     let max_difference = plugin_map
@@ -113,11 +143,17 @@ fn cat_photo_occlusion_end_to_end() {
          computation by {max_difference}"
     );
 
-    // Occluding the face hurts more than occluding the background.
-    let stretched_occlusion = render(stretched, "occlusion");
+    // Occluding the face hurts more than occluding the background, which
+    // only the stretched frame contains.
+    let stretched_occlusion = render(stretched, 2);
     let map = read_npy(
         &client
-            .job_file(id, heatmap_panel(stretched_occlusion)["npy"].as_str().expect("npy"))
+            .job_file(
+                id,
+                heatmap_panel(stretched_occlusion)["npy"]
+                    .as_str()
+                    .expect("npy"),
+            )
             .expect("stretched npy"),
     );
     // Boxes of tests/data/photos/README.md mapped from the 451x300 photo
@@ -146,11 +182,12 @@ fn model_result<'a>(image: &'a Value, model: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no result for model {model} in {image}"))
 }
 
-fn render<'a>(model: &'a Value, plugin: &str) -> &'a Value {
+/// The render of the job's `index`-th visualization.
+fn render(model: &Value, index: u64) -> &Value {
     model["renders"]
         .as_array()
-        .and_then(|renders| renders.iter().find(|r| r["plugin"] == plugin))
-        .unwrap_or_else(|| panic!("no render of {plugin} in {model}"))
+        .and_then(|renders| renders.iter().find(|r| r["visualization"] == index))
+        .unwrap_or_else(|| panic!("no render of visualization {index} in {model}"))
 }
 
 fn heatmap_panel(render: &Value) -> &Value {
@@ -223,16 +260,26 @@ fn independent_occlusion(frame: &image::RgbImage, class: usize) -> Array2<f32> {
             for y in 0..height {
                 for x in 0..width {
                     let covered = (wx..wx + WINDOW).contains(&x) && (wy..wy + WINDOW).contains(&y);
-                    let pixel = if covered { [128, 128, 128] } else { frame.get_pixel(x as u32, y as u32).0 };
+                    let pixel = if covered {
+                        [128, 128, 128]
+                    } else {
+                        frame.get_pixel(x as u32, y as u32).0
+                    };
                     for c in 0..3 {
-                        input[n * 3 * plane + c * plane + y * width + x] = (pixel[c] as f32 - 127.0) / 128.0;
+                        input[n * 3 * plane + c * plane + y * width + x] =
+                            (pixel[c] as f32 - 127.0) / 128.0;
                     }
                 }
             }
         }
-        let tensor = TensorRef::from_array_view(([batch.len(), 3, height, width], &input[..])).expect("tensor");
-        let outputs = session.run(ort::inputs!["input" => tensor]).expect("model run");
-        let (_, logits) = outputs["logits"].try_extract_tensor::<f32>().expect("logits");
+        let tensor = TensorRef::from_array_view(([batch.len(), 3, height, width], &input[..]))
+            .expect("tensor");
+        let outputs = session
+            .run(ort::inputs!["input" => tensor])
+            .expect("model run");
+        let (_, logits) = outputs["logits"]
+            .try_extract_tensor::<f32>()
+            .expect("logits");
         for row in logits.chunks(1000) {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let sum: f32 = row.iter().map(|l| (l - max).exp()).sum();

@@ -68,7 +68,10 @@ pub fn plan(
     for id in model_ids {
         let model = models.get(id).ok_or_else(|| {
             let known: Vec<&str> = models.models().iter().map(|m| m.id()).collect();
-            format!("unknown model `{id}`; available models: {}", known.join(", "))
+            format!(
+                "unknown model `{id}`; available models: {}",
+                known.join(", ")
+            )
         })?;
         chosen.push(model.clone());
     }
@@ -77,7 +80,11 @@ pub fn plan(
         .iter()
         .map(|request| {
             let plugin = plugins.get(&request.plugin).ok_or_else(|| {
-                let known: Vec<String> = plugins.plugins().iter().map(|p| p.id().to_owned()).collect();
+                let known: Vec<String> = plugins
+                    .plugins()
+                    .iter()
+                    .map(|p| p.id().to_owned())
+                    .collect();
                 format!(
                     "unknown visualization `{}`; available visualizations: {}",
                     request.plugin,
@@ -116,8 +123,12 @@ pub fn plan_visualization(
             }
         }
     }
-    let (settings, settings_json) =
-        settings::resolve(plugin.id(), &plugin.descriptor.settings, &request.settings, models)?;
+    let (settings, settings_json) = settings::resolve(
+        plugin.id(),
+        &plugin.descriptor.settings,
+        &request.settings,
+        models,
+    )?;
     Ok(PlannedVisualization {
         plugin,
         settings,
@@ -135,7 +146,9 @@ pub struct JobImage {
 
 impl std::fmt::Debug for JobImage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobImage").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("JobImage")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -276,7 +289,9 @@ struct PendingHeatmap {
     model: usize,
     render: usize,
     panel: usize,
-    plugin: String,
+    /// The visualization's index in the plan; maps of one visualization
+    /// share a color range.
+    visualization: usize,
     scale: Scale,
     values: Vec<f32>,
     width: u32,
@@ -344,7 +359,11 @@ impl ImageContext<'_> {
         let (shape, data) = model.preprocess(std::slice::from_ref(&frame));
         match model.logits(&shape, &data, None) {
             Ok(logits) => {
-                result.top_classes = model.scores(&logits).into_iter().take(TOP_CLASSES).collect();
+                result.top_classes = model
+                    .scores(&logits)
+                    .into_iter()
+                    .take(TOP_CLASSES)
+                    .collect();
             }
             Err(error) => {
                 tracing::warn!(model = model.id(), %error, "classification failed");
@@ -356,14 +375,14 @@ impl ImageContext<'_> {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(RunError::Cancelled);
             }
-            let render = self.render(model, &frame, visualization, *done)?;
+            let render = self.render(model, &frame, render_index, visualization, *done)?;
             for (panel_index, panel) in render.1.into_iter().enumerate() {
                 if let Some(heatmap) = panel {
                     pending.push(PendingHeatmap {
                         model: model_index,
                         render: render_index,
                         panel: panel_index,
-                        plugin: visualization.plugin.id().to_owned(),
+                        visualization: render_index,
                         ..heatmap
                     });
                 }
@@ -381,6 +400,7 @@ impl ImageContext<'_> {
         &self,
         model: &Arc<Model>,
         frame: &RgbaImage,
+        index: usize,
         visualization: &PlannedVisualization,
         done: u64,
     ) -> Result<(RenderResult, Vec<Option<PendingHeatmap>>), RunError> {
@@ -406,6 +426,7 @@ impl ImageContext<'_> {
         let duration_ms = started.elapsed().as_millis() as u64;
         let mut result = RenderResult {
             plugin: plugin.id().to_owned(),
+            visualization: index,
             error: None,
             duration_ms,
             panels: Vec::new(),
@@ -421,7 +442,8 @@ impl ImageContext<'_> {
         };
         tracing::info!(duration_ms, model_images = output.images_used, "rendered");
 
-        let dir = format!("i{}/{}/{}", self.index, model.id(), plugin.id());
+        // The index keeps two visualizations of the same plugin apart.
+        let dir = format!("i{}/{}/v{index}-{}", self.index, model.id(), plugin.id());
         let mut heatmaps = Vec::new();
         for (index, panel) in output.panels.into_iter().enumerate() {
             let title = panel.title;
@@ -450,12 +472,15 @@ impl ImageContext<'_> {
                         colored: format!("{dir}/panel{index}-map.png"),
                         colorbar: format!("colorbar-{}.png", scale.as_str()),
                     };
-                    result.panels.push(PanelRecord::Heatmap { title, heatmap: record });
+                    result.panels.push(PanelRecord::Heatmap {
+                        title,
+                        heatmap: record,
+                    });
                     heatmaps.push(Some(PendingHeatmap {
                         model: 0,
                         render: 0,
                         panel: index,
-                        plugin: String::new(),
+                        visualization: 0,
                         scale,
                         values: map.values,
                         width: map.width,
@@ -464,7 +489,8 @@ impl ImageContext<'_> {
                 }
                 PanelContent::Image(image) => {
                     let path = format!("{dir}/panel{index}.png");
-                    if let Some(rgba) = RgbaImage::from_raw(image.width, image.height, image.pixels) {
+                    if let Some(rgba) = RgbaImage::from_raw(image.width, image.height, image.pixels)
+                    {
                         self.writer.write_png(&path, &rgba)?;
                     }
                     result.panels.push(PanelRecord::Image { title, png: path });
@@ -497,11 +523,11 @@ impl ImageContext<'_> {
         display: &RgbaImage,
         factor: f32,
     ) -> Result<(), RunError> {
-        let mut ranges: BTreeMap<(String, &'static str), ColorRange> = BTreeMap::new();
+        let mut ranges: BTreeMap<(usize, &'static str), ColorRange> = BTreeMap::new();
         for heatmap in &pending {
             let range = ColorRange::of(heatmap.scale, &heatmap.values);
             ranges
-                .entry((heatmap.plugin.clone(), heatmap.scale.as_str()))
+                .entry((heatmap.visualization, heatmap.scale.as_str()))
                 .and_modify(|r| *r = r.union(range))
                 .or_insert(range);
         }
@@ -515,27 +541,36 @@ impl ImageContext<'_> {
         for heatmap in pending {
             let model_result = &mut result.models[heatmap.model];
             let crop = model_result.crop;
-            let Some(PanelRecord::Heatmap { heatmap: record, .. }) = model_result.renders[heatmap.render]
+            let Some(PanelRecord::Heatmap {
+                heatmap: record, ..
+            }) = model_result.renders[heatmap.render]
                 .panels
                 .get_mut(heatmap.panel)
             else {
                 continue;
             };
             let own = ColorRange::of(Scale::Sequential, &heatmap.values);
-            let shared = ranges[&(heatmap.plugin.clone(), heatmap.scale.as_str())];
+            let shared = ranges[&(heatmap.visualization, heatmap.scale.as_str())];
             record.min = own.min;
             record.max = own.max;
             record.color_min = shared.min;
             record.color_max = shared.max;
 
-            let npy = render::npy(&heatmap.values, heatmap.width, heatmap.height).map_err(|message| {
-                RunError::Write {
-                    path: PathBuf::from(&record.npy),
-                    message,
-                }
-            })?;
+            let npy =
+                render::npy(&heatmap.values, heatmap.width, heatmap.height).map_err(|message| {
+                    RunError::Write {
+                        path: PathBuf::from(&record.npy),
+                        message,
+                    }
+                })?;
             self.writer.write(&record.npy, &npy)?;
-            let colored = render::colorize(&heatmap.values, heatmap.width, heatmap.height, heatmap.scale, shared);
+            let colored = render::colorize(
+                &heatmap.values,
+                heatmap.width,
+                heatmap.height,
+                heatmap.scale,
+                shared,
+            );
             self.writer.write_png(&record.colored, &colored)?;
             let overlay = render::overlay(display, factor, crop, &colored);
             self.writer.write_png(&record.overlay, &overlay)?;

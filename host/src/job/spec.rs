@@ -170,6 +170,9 @@ pub struct ClassScore {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RenderResult {
     pub plugin: String,
+    /// The visualization's index in the job's request, which tells apart
+    /// two visualizations of the same plugin.
+    pub visualization: usize,
     /// `None` when the render succeeded.
     pub error: Option<String>,
     pub duration_ms: u64,

@@ -16,7 +16,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -26,6 +26,7 @@ use wasmtime::component::Component;
 use super::bindings::{Descriptor, VisualizationPre};
 use super::sandbox::{Sandbox, State};
 use super::settings::{self, DescriptorJson};
+use super::watcher::{self, FolderWatch, WatchError};
 
 /// The WIT package this host implements.
 pub const WIT_PACKAGE: &str = "picasso:plugin";
@@ -107,6 +108,8 @@ pub struct PluginRegistry {
     dir: PathBuf,
     cache_dir: Option<PathBuf>,
     loaded: RwLock<Loaded>,
+    /// The folder subscription of [`PluginRegistry::watch`], if started.
+    watch: Mutex<Option<FolderWatch>>,
 }
 
 impl std::fmt::Debug for PluginRegistry {
@@ -126,6 +129,7 @@ impl PluginRegistry {
             dir,
             cache_dir,
             loaded: RwLock::new(Loaded::default()),
+            watch: Mutex::new(None),
         };
         registry.reload();
         registry
@@ -134,6 +138,25 @@ impl PluginRegistry {
     /// The sandbox the plugins run in.
     pub fn sandbox(&self) -> &Arc<Sandbox> {
         &self.sandbox
+    }
+
+    /// Reloads the folder whenever a `.wasm` file in it is added, changed or
+    /// removed, until the registry is dropped. Calling it again changes
+    /// nothing.
+    ///
+    /// # Errors
+    ///
+    /// The folder cannot be watched (it does not exist, or the system's
+    /// limit of watches is reached), or the reload thread cannot start.
+    pub fn watch(self: &Arc<Self>) -> Result<(), WatchError> {
+        let mut watch = match self.watch.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if watch.is_none() {
+            *watch = Some(watcher::start(self)?);
+        }
+        Ok(())
     }
 
     /// The folder the registry scans.
@@ -163,7 +186,11 @@ impl PluginRegistry {
             let bytes = match std::fs::read(&file) {
                 Ok(bytes) => bytes,
                 Err(error) => {
-                    next.listings.push(failed(&file, String::new(), format!("cannot read: {error}")));
+                    next.listings.push(failed(
+                        &file,
+                        String::new(),
+                        format!("cannot read: {error}"),
+                    ));
                     continue;
                 }
             };
@@ -223,7 +250,8 @@ impl PluginRegistry {
     ///
     /// Why the file cannot be used, as for a file in the folder.
     pub fn load_file(&self, file: &Path) -> Result<LoadedPlugin, String> {
-        let bytes = std::fs::read(file).map_err(|error| format!("cannot read `{}`: {error}", file.display()))?;
+        let bytes = std::fs::read(file)
+            .map_err(|error| format!("cannot read `{}`: {error}", file.display()))?;
         let hash = hex::encode(Sha256::digest(&bytes));
         self.load_bytes(file, &bytes, hash)
     }
@@ -239,9 +267,10 @@ impl PluginRegistry {
         let pre = VisualizationPre::new(instance_pre)
             .map_err(|error| format!("does not export the `visualization` world: {error:#}"))?;
 
-        let name = file
-            .file_name()
-            .map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let name = file.file_name().map_or_else(
+            || file.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         let descriptor = self
             .sandbox
             .describe(&name, &pre)
@@ -279,7 +308,8 @@ impl PluginRegistry {
             return Ok(component);
         }
 
-        let component = Component::new(engine, bytes).map_err(|error| format!("cannot compile: {error:#}"))?;
+        let component =
+            Component::new(engine, bytes).map_err(|error| format!("cannot compile: {error:#}"))?;
         if let Some(path) = &cache_file {
             store_cached(&component, path);
         }
@@ -319,21 +349,32 @@ fn failed(file: &Path, content_hash: String, error: String) -> PluginListing {
 }
 
 /// Rejects components that import anything beyond the allowed interfaces,
-/// or the host's package at an incompatible version.
+/// naming every such import, or the host's package at an incompatible
+/// version.
 fn check_imports(component: &Component, engine: &wasmtime::Engine) -> Result<(), String> {
     let component_type = component.component_type();
+    let mut forbidden = Vec::new();
     for (name, _) in component_type.imports(engine) {
-        if !ALLOWED_IMPORTS.iter().any(|prefix| name.starts_with(prefix)) {
-            return Err(format!(
-                "imports `{name}`, which plugins may not use; plugins get only the \
-                 `{WIT_PACKAGE}` interfaces and WASI streams and cli basics"
-            ));
+        if !ALLOWED_IMPORTS
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
+            forbidden.push(format!("`{name}`"));
+            continue;
         }
         if let Some(rest) = name.strip_prefix(&format!("{WIT_PACKAGE}/")) {
             check_version(name, rest)?;
         }
     }
-    Ok(())
+    if forbidden.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "imports {}, which plugins may not use; plugins get only the `{WIT_PACKAGE}` \
+         interfaces and WASI streams and cli basics, with no files, sockets, clocks or \
+         random numbers",
+        forbidden.join(", ")
+    ))
 }
 
 fn check_version(name: &str, rest: &str) -> Result<(), String> {
@@ -390,12 +431,15 @@ fn load_cached(engine: &wasmtime::Engine, path: &Path) -> Option<Component> {
 }
 
 fn store_cached(component: &Component, path: &Path) {
-    let result = component.serialize().map_err(|e| e.to_string()).and_then(|bytes| {
-        let digest = hex::encode(Sha256::digest(&bytes));
-        crate::fsutil::write_atomic(path, &bytes).map_err(|e| e.to_string())?;
-        crate::fsutil::write_atomic(&path.with_extension("cwasm.sha256"), digest.as_bytes())
-            .map_err(|e| e.to_string())
-    });
+    let result = component
+        .serialize()
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            let digest = hex::encode(Sha256::digest(&bytes));
+            crate::fsutil::write_atomic(path, &bytes).map_err(|e| e.to_string())?;
+            crate::fsutil::write_atomic(&path.with_extension("cwasm.sha256"), digest.as_bytes())
+                .map_err(|e| e.to_string())
+        });
     if let Err(error) = result {
         tracing::warn!(path = %path.display(), %error, "cannot write compiled-plugin cache entry");
     }

@@ -5,12 +5,17 @@
 //! The store carries the limits of [`SandboxLimits`]:
 //!
 //! - linear memory and tables through a [`ResourceLimiter`];
-//! - wall-clock time inside the plugin through epoch interruption, and time
-//!   inside host calls through a check at every call plus an ONNX Runtime
-//!   terminate flag that a watchdog sets at the deadline;
+//! - wall-clock time inside the plugin through epoch interruption (a
+//!   callback every [`CHECK_INTERVAL`] that also stops a cancelled job), and
+//!   time inside host calls through a check at every call plus an ONNX
+//!   Runtime terminate flag that a watchdog sets at the deadline;
 //! - model work: images sent through the model, counted at each call;
-//! - the size of the output, checked before the host uses it;
+//! - the size of the output (panels, pixels, bytes), checked before the host
+//!   uses it;
 //! - the wasm stack, through the engine configuration.
+//!
+//! Every limit comes from `[sandbox]` in the configuration, and the error of
+//! a render that passes one names the limit, its value and its key.
 //!
 //! A plugin gets no capability beyond its WIT imports: the WASI interfaces
 //! that a Rust standard-library guest imports are linked with an empty
@@ -27,7 +32,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, Descriptor, LogLevel, ModelError, Panel, Tensor, Visualization};
@@ -54,39 +59,60 @@ pub struct SandboxLimits {
     pub max_panels: usize,
     /// Width times height of one heatmap or image panel.
     pub max_panel_pixels: u64,
+    /// Bytes of all panels of one render: values, pixels and texts.
+    pub max_output_bytes: u64,
+    /// The wasm stack of one call, in bytes.
+    pub max_wasm_stack: usize,
     /// Log messages per render; the rest are counted and dropped.
     pub max_log_messages: u32,
 }
 
 impl SandboxLimits {
-    /// The limits set by the configuration, with fixed values for the rest.
+    /// The limits set by the configuration, with a fixed log limit.
     pub fn from_config(config: &SandboxConfig) -> SandboxLimits {
         SandboxLimits {
-            memory_bytes: (config.memory_mib as usize) << 20,
-            // Rust guests use one table for indirect calls with a few hundred
-            // entries; 100,000 is far above that and still a small allocation.
-            table_elements: 100_000,
+            memory_bytes: mib(config.memory_mib),
+            table_elements: usize::try_from(config.table_elements).unwrap_or(usize::MAX),
             deadline: Duration::from_secs(config.deadline_seconds),
-            // describe only builds a small record.
-            describe_deadline: Duration::from_secs(5),
+            describe_deadline: Duration::from_secs(config.describe_deadline_seconds),
             model_images: config.model_images,
-            // 256 frames of 3x224x224 floats are 150 MB on the host side.
-            max_batch: 256,
-            max_panels: 64,
-            // A 4096 x 4096 grid: larger than any model input frame.
-            max_panel_pixels: 4096 * 4096,
+            max_batch: usize::try_from(config.max_batch).unwrap_or(usize::MAX),
+            max_panels: usize::try_from(config.max_panels).unwrap_or(usize::MAX),
+            max_panel_pixels: config.max_panel_pixels,
+            max_output_bytes: config.max_output_mib.saturating_mul(1 << 20),
+            max_wasm_stack: usize::try_from(config.max_wasm_stack_kib.saturating_mul(1024))
+                .unwrap_or(usize::MAX),
+            // Enough for a message per step of a long render; a plugin that
+            // logs more is flooding the server's log.
             max_log_messages: 200,
         }
     }
+
+    /// Returns the native stack a thread needs to call into plugins: the
+    /// wasm stack plus room for wasmtime, the host functions and ONNX
+    /// Runtime, which run on the same thread during a model call.
+    pub fn thread_stack_size(&self) -> usize {
+        self.max_wasm_stack.saturating_add(HOST_STACK)
+    }
+}
+
+fn mib(value: u64) -> usize {
+    usize::try_from(value.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
 }
 
 /// How often the epoch advances. A render overruns its deadline by at most
-/// about this much while it runs wasm code.
+/// about [`CHECK_INTERVAL`] while it runs wasm code.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// The wasm stack per call. Rust guests need a few hundred KiB at most;
-/// deep recursion past this traps instead of exhausting the host's stack.
-const MAX_WASM_STACK: usize = 1 << 20;
+/// The interval, in epoch ticks, at which running wasm code checks its
+/// deadline and the job's cancel flag. At 50 ms, a cancelled render stops
+/// within about a twentieth of a second.
+const CHECK_INTERVAL: u64 = 5;
+
+/// Native stack for the host's own frames under a plugin call. The default
+/// 2 MiB of a Rust thread ran renders with a 1 MiB wasm stack, so 1 MiB is
+/// what the host part was shown to fit in.
+const HOST_STACK: usize = 1 << 20;
 
 /// Why a render failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -108,7 +134,8 @@ pub enum RenderError {
     Cancelled,
 }
 
-/// A limit a plugin passed, raised as a trap from inside the store.
+/// A limit a plugin passed (or a cancellation), raised as a trap from
+/// inside the store.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct LimitExceeded(String);
@@ -139,7 +166,10 @@ impl Sandbox {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
-        config.max_wasm_stack(MAX_WASM_STACK);
+        config.max_wasm_stack(limits.max_wasm_stack);
+        // Wasmtime rejects a wasm stack larger than its async stack size,
+        // even with async support off.
+        config.async_stack_size(limits.max_wasm_stack.max(2 << 20));
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
@@ -180,7 +210,7 @@ impl Sandbox {
         &self.limits
     }
 
-    fn store(&self, render: Option<RenderContext>, deadline: Duration) -> Store<State> {
+    fn store(&self, render: Option<RenderContext>, time: TimeLimit) -> Store<State> {
         let state = State {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -188,13 +218,16 @@ impl Sandbox {
                 memory_bytes: self.limits.memory_bytes,
                 table_elements: self.limits.table_elements,
             },
+            time,
             render,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        let ticks = deadline.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
+        store.set_epoch_deadline(CHECK_INTERVAL);
+        store.epoch_deadline_callback(|store| {
+            store.data().time.check()?;
+            Ok(UpdateDeadline::Continue(CHECK_INTERVAL))
+        });
         store
     }
 
@@ -208,11 +241,17 @@ impl Sandbox {
         plugin_name: &str,
         pre: &bindings::VisualizationPre<State>,
     ) -> Result<Descriptor, RenderError> {
-        let mut store = self.store(None, self.limits.describe_deadline);
+        let time = TimeLimit {
+            deadline: Instant::now() + self.limits.describe_deadline,
+            length: self.limits.describe_deadline,
+            key: "sandbox.describe_deadline_seconds",
+            cancel: None,
+        };
+        let mut store = self.store(None, time);
         let result = pre
             .instantiate(&mut store)
             .and_then(|instance| instance.call_describe(&mut store));
-        result.map_err(|error| classify_trap(plugin_name, &self.limits, true, error))
+        result.map_err(|error| classify_trap(plugin_name, &self.limits, error))
     }
 
     /// Runs one render of `request.plugin` on `request.frame`.
@@ -230,20 +269,25 @@ impl Sandbox {
             message: format!("cannot create run options: {error}"),
         })?);
         let deadline = Instant::now() + self.limits.deadline;
+        let time = TimeLimit {
+            deadline,
+            length: self.limits.deadline,
+            key: "sandbox.deadline_seconds",
+            cancel: request.cancel.clone(),
+        };
         let context = RenderContext {
             plugin: name.clone(),
             model: request.model.clone(),
             limits: self.limits.clone(),
-            deadline,
+            time: time.clone(),
             images_used: 0,
             progress: request.progress,
             last_progress: (0, 0),
             rng: ChaCha8Rng::seed_from_u64(request.seed),
             run_options: run_options.clone(),
-            cancel: request.cancel.clone(),
             log_messages: 0,
         };
-        let mut store = self.store(Some(context), self.limits.deadline);
+        let mut store = self.store(Some(context), time);
 
         let input = bindings::Image {
             width: request.frame.width(),
@@ -279,7 +323,7 @@ impl Sandbox {
                     message: truncate(&message, 2000),
                 });
             }
-            Err(error) => return Err(classify_trap(&name, &self.limits, false, error)),
+            Err(error) => return Err(classify_trap(&name, &self.limits, error)),
         };
         check_panels(&self.limits, &request.model, &panels).map_err(|message| {
             RenderError::InvalidOutput {
@@ -296,12 +340,7 @@ impl Sandbox {
 
 /// Turns a wasmtime error into a render error that names the limit, when a
 /// limit caused it.
-fn classify_trap(
-    plugin: &str,
-    limits: &SandboxLimits,
-    describing: bool,
-    error: wasmtime::Error,
-) -> RenderError {
+fn classify_trap(plugin: &str, limits: &SandboxLimits, error: wasmtime::Error) -> RenderError {
     let plugin = plugin.to_owned();
     if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
         return RenderError::Limit {
@@ -310,25 +349,12 @@ fn classify_trap(
         };
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => {
-            let (deadline, key) = if describing {
-                (limits.describe_deadline, "fixed for describe")
-            } else {
-                (limits.deadline, "sandbox.deadline_seconds")
-            };
-            RenderError::Limit {
-                plugin,
-                message: format!(
-                    "deadline of {} s exceeded ({key}) while running plugin code",
-                    deadline.as_secs_f32()
-                ),
-            }
-        }
         Some(Trap::StackOverflow) => RenderError::Limit {
             plugin,
             message: format!(
-                "wasm stack limit of {} KiB exceeded (deep recursion)",
-                MAX_WASM_STACK >> 10
+                "wasm stack limit of {} KiB exceeded (sandbox.max_wasm_stack_kib), usually by \
+                 deep recursion",
+                limits.max_wasm_stack >> 10
             ),
         },
         Some(trap) => RenderError::Trap {
@@ -357,9 +383,17 @@ fn truncate(text: &str, max: usize) -> String {
 fn check_panels(limits: &SandboxLimits, model: &Model, panels: &[Panel]) -> Result<(), String> {
     if panels.len() > limits.max_panels {
         return Err(format!(
-            "{} panels; the limit is {}",
+            "{} panels; the limit is {} (sandbox.max_panels)",
             panels.len(),
             limits.max_panels
+        ));
+    }
+    let bytes: u64 = panels.iter().map(panel_bytes).sum();
+    if bytes > limits.max_output_bytes {
+        return Err(format!(
+            "the panels hold {:.1} MiB; the limit is {} MiB (sandbox.max_output_mib)",
+            bytes as f64 / f64::from(1 << 20),
+            limits.max_output_bytes >> 20
         ));
     }
     for (index, panel) in panels.iter().enumerate() {
@@ -377,7 +411,8 @@ fn check_panels(limits: &SandboxLimits, model: &Model, panels: &[Panel]) -> Resu
                 let pixels = map.width as u64 * map.height as u64;
                 if pixels == 0 || pixels > limits.max_panel_pixels {
                     return Err(at(format!(
-                        "heatmap is {}x{}; sizes from 1x1 up to {} pixels are accepted",
+                        "heatmap is {}x{}; sizes from 1x1 up to {} pixels are accepted \
+                         (sandbox.max_panel_pixels)",
                         map.width, map.height, limits.max_panel_pixels
                     )));
                 }
@@ -404,7 +439,11 @@ fn check_panels(limits: &SandboxLimits, model: &Model, panels: &[Panel]) -> Resu
             bindings::PanelContent::Image(image) => {
                 let pixels = image.width as u64 * image.height as u64;
                 if pixels == 0 || pixels > limits.max_panel_pixels {
-                    return Err(at(format!("image is {}x{}", image.width, image.height)));
+                    return Err(at(format!(
+                        "image is {}x{}; sizes from 1x1 up to {} pixels are accepted \
+                         (sandbox.max_panel_pixels)",
+                        image.width, image.height, limits.max_panel_pixels
+                    )));
                 }
                 if image.pixels.len() as u64 != pixels * 4 {
                     return Err(at(format!(
@@ -427,6 +466,16 @@ fn check_panels(limits: &SandboxLimits, model: &Model, panels: &[Panel]) -> Resu
         }
     }
     Ok(())
+}
+
+/// Counts the bytes of a panel's values, pixels and texts.
+fn panel_bytes(panel: &Panel) -> u64 {
+    let content = match &panel.content {
+        bindings::PanelContent::Heatmap(map) => map.values.len() * 4 + map.meaning.len(),
+        bindings::PanelContent::Image(image) => image.pixels.len(),
+        bindings::PanelContent::Scores(scores) => scores.iter().map(|s| 16 + s.label.len()).sum(),
+    };
+    (panel.title.len() + content) as u64
 }
 
 /// What one render needs.
@@ -521,6 +570,7 @@ pub struct State {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: Limiter,
+    time: TimeLimit,
     /// `None` while `describe` runs: the model is off limits then.
     render: Option<RenderContext>,
 }
@@ -572,7 +622,7 @@ impl ResourceLimiter for Limiter {
     ) -> wasmtime::Result<bool> {
         if desired > self.table_elements {
             return Err(wasmtime::Error::new(LimitExceeded(format!(
-                "table limit of {} elements exceeded",
+                "table limit of {} elements exceeded (sandbox.table_elements)",
                 self.table_elements
             ))));
         }
@@ -580,23 +630,21 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-struct RenderContext {
-    plugin: String,
-    model: Arc<Model>,
-    limits: SandboxLimits,
+/// The deadline of one call into a plugin and the flag that cancels it.
+#[derive(Clone)]
+struct TimeLimit {
     deadline: Instant,
-    images_used: u64,
-    progress: Box<dyn FnMut(u32, u32) + Send>,
-    last_progress: (u32, u32),
-    rng: ChaCha8Rng,
-    run_options: Arc<RunOptions>,
+    /// The configured length, for the error message.
+    length: Duration,
+    /// The configuration key that sets `length`.
+    key: &'static str,
     cancel: Option<Arc<AtomicBool>>,
-    log_messages: u32,
 }
 
-impl RenderContext {
-    /// Stops the render if it is past its deadline or cancelled.
-    fn check_time(&self) -> wasmtime::Result<()> {
+impl TimeLimit {
+    /// Stops the call if it is past its deadline or cancelled. Called by
+    /// the epoch callback while wasm runs and at every host call.
+    fn check(&self) -> wasmtime::Result<()> {
         if self
             .cancel
             .as_ref()
@@ -607,9 +655,33 @@ impl RenderContext {
             )));
         }
         if Instant::now() >= self.deadline {
-            return Err(deadline_error(&self.limits));
+            return Err(wasmtime::Error::new(LimitExceeded(format!(
+                "deadline of {} s exceeded ({})",
+                self.length.as_secs_f32(),
+                self.key
+            ))));
         }
         Ok(())
+    }
+}
+
+struct RenderContext {
+    plugin: String,
+    model: Arc<Model>,
+    limits: SandboxLimits,
+    time: TimeLimit,
+    images_used: u64,
+    progress: Box<dyn FnMut(u32, u32) + Send>,
+    last_progress: (u32, u32),
+    rng: ChaCha8Rng,
+    run_options: Arc<RunOptions>,
+    log_messages: u32,
+}
+
+impl RenderContext {
+    /// Stops the render if it is past its deadline or cancelled.
+    fn check_time(&self) -> wasmtime::Result<()> {
+        self.time.check()
     }
 
     /// Counts `images` against the budget, stopping the render past it.
@@ -630,7 +702,7 @@ impl RenderContext {
         let items = shape.first().copied().unwrap_or(0);
         if items > self.limits.max_batch {
             return Err(ModelError::LimitExceeded(format!(
-                "batch of {items} images; at most {} per call",
+                "batch of {items} images; at most {} per call (sandbox.max_batch)",
                 self.limits.max_batch
             )));
         }
@@ -638,13 +710,6 @@ impl RenderContext {
             .check_input(&shape, &batch.data)
             .map_err(model_error)
     }
-}
-
-fn deadline_error(limits: &SandboxLimits) -> wasmtime::Error {
-    wasmtime::Error::new(LimitExceeded(format!(
-        "deadline of {} s exceeded (sandbox.deadline_seconds)",
-        limits.deadline.as_secs_f32()
-    )))
 }
 
 fn model_error(error: model::ModelError) -> ModelError {
@@ -681,7 +746,7 @@ impl bindings::picasso::plugin::model::Host for State {
         let context = self.render_context()?;
         if images.len() > context.limits.max_batch {
             return Ok(Err(ModelError::LimitExceeded(format!(
-                "{} images; at most {} per call",
+                "{} images; at most {} per call (sandbox.max_batch)",
                 images.len(),
                 context.limits.max_batch
             ))));

@@ -109,10 +109,12 @@ const MAX_TEXT: usize = 4000;
 /// A message naming the field or setting and what is wrong with it.
 pub fn check_descriptor(descriptor: &Descriptor) -> Result<(), String> {
     check_identifier("id", &descriptor.id)?;
-    if descriptor.version.is_empty() || descriptor.version.len() > 64 {
+    let version = &descriptor.version;
+    if version.is_empty() || version.len() > 64 || version.chars().any(char::is_control) {
         return Err(format!(
-            "version `{}` must be 1 to 64 characters, such as `1.0.0`",
-            descriptor.version.escape_debug()
+            "version `{}` must be 1 to 64 characters without control characters, such as \
+             `1.0.0`",
+            version.escape_debug()
         ));
     }
     for (field, text, max) in [
@@ -131,9 +133,8 @@ pub fn check_descriptor(descriptor: &Descriptor) -> Result<(), String> {
         return Err("title is empty".to_owned());
     }
     let reference = &descriptor.reference;
-    if !reference.is_empty()
-        && !(reference.starts_with("https://") || reference.starts_with("http://"))
-    {
+    let is_link = reference.starts_with("https://") || reference.starts_with("http://");
+    if !(reference.is_empty() || is_link) {
         return Err(format!(
             "reference `{}` must be an http(s) link or empty",
             reference.escape_debug()
@@ -147,7 +148,8 @@ pub fn check_descriptor(descriptor: &Descriptor) -> Result<(), String> {
     }
     let mut names = std::collections::HashSet::new();
     for spec in &descriptor.settings {
-        check_spec(spec).map_err(|error| format!("setting `{}`: {error}", spec.name.escape_debug()))?;
+        check_spec(spec)
+            .map_err(|error| format!("setting `{}`: {error}", spec.name.escape_debug()))?;
         if !names.insert(spec.name.as_str()) {
             return Err(format!("setting `{}` is declared twice", spec.name));
         }
@@ -186,6 +188,16 @@ fn check_spec(spec: &SettingSpec) -> Result<(), String> {
             if options.is_empty() || options.len() > 256 {
                 return Err("a choice needs 1 to 256 options".to_owned());
             }
+            // Options travel in URLs, forms and logs, where control
+            // characters either break or spoof the output.
+            if let Some(option) = options.iter().find(|o| {
+                o.is_empty() || o.chars().count() > 200 || o.chars().any(char::is_control)
+            }) {
+                return Err(format!(
+                    "option `{}` must be 1 to 200 characters without control characters",
+                    option.escape_debug()
+                ));
+            }
             if !options.contains(default) {
                 return Err(format!("default `{default}` is not one of the options"));
             }
@@ -223,6 +235,10 @@ fn check_spec(spec: &SettingSpec) -> Result<(), String> {
     }
 }
 
+/// Settings resolved for a render: the values for the plugin in schema
+/// order, and their JSON form for the manifest.
+pub type Resolved = (Vec<(String, SettingValue)>, BTreeMap<String, Value>);
+
 /// Resolves user settings against a schema for the given models: fills in
 /// defaults, rejects unknown names and values that do not fit.
 ///
@@ -236,7 +252,7 @@ pub fn resolve(
     specs: &[SettingSpec],
     values: &BTreeMap<String, Value>,
     models: &[&Model],
-) -> Result<(Vec<(String, SettingValue)>, BTreeMap<String, Value>), String> {
+) -> Result<Resolved, String> {
     if let Some(unknown) = values.keys().find(|k| !specs.iter().any(|s| &s.name == *k)) {
         let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         return Err(format!(
@@ -262,21 +278,33 @@ pub fn resolve(
     Ok((resolved, json))
 }
 
-fn parse_value(spec: &SettingSpec, given: &Value, models: &[&Model]) -> Result<SettingValue, String> {
+fn parse_value(
+    spec: &SettingSpec,
+    given: &Value,
+    models: &[&Model],
+) -> Result<SettingValue, String> {
     match &spec.kind {
         SettingKind::Choice(options) => match given.as_str() {
-            Some(text) if options.iter().any(|o| o == text) => Ok(SettingValue::Choice(text.to_owned())),
+            Some(text) if options.iter().any(|o| o == text) => {
+                Ok(SettingValue::Choice(text.to_owned()))
+            }
             _ => Err(format!("expected one of: {}", options.join(", "))),
         },
         SettingKind::Integer(range) => match given.as_i64() {
             Some(n) if n >= range.min && n <= range.max => Ok(SettingValue::Integer(n)),
-            _ => Err(format!("expected a whole number from {} to {}", range.min, range.max)),
+            _ => Err(format!(
+                "expected a whole number from {} to {}",
+                range.min, range.max
+            )),
         },
         SettingKind::Float(range) => match given.as_f64() {
             Some(x) if x.is_finite() && x >= range.min && x <= range.max => {
                 Ok(SettingValue::Float(x))
             }
-            _ => Err(format!("expected a number from {} to {}", range.min, range.max)),
+            _ => Err(format!(
+                "expected a number from {} to {}",
+                range.min, range.max
+            )),
         },
         SettingKind::Boolean => given
             .as_bool()
