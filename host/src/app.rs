@@ -31,8 +31,14 @@ impl App {
     pub fn start(config: Config) -> anyhow::Result<App> {
         let models = Arc::new(load_models(&config)?);
         let plugins = Arc::new(load_plugins(&config)?);
+        if let Err(error) = plugins.watch() {
+            tracing::warn!(%error, "plugins will not reload while the server runs");
+        }
         let store = Store::open(&config.paths.data_dir).with_context(|| {
-            format!("cannot open the data folder `{}`", config.paths.data_dir.display())
+            format!(
+                "cannot open the data folder `{}`",
+                config.paths.data_dir.display()
+            )
         })?;
         let jobs = JobQueue::start(
             store.clone(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration, as read from `picasso.toml` and the environment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -82,16 +82,32 @@ pub struct JobsConfig {
     pub max_renders_per_job: usize,
 }
 
-/// Per-render limits of the plugin sandbox.
+/// Per-render limits of the plugin sandbox. Passing one fails that render
+/// with an error naming the limit and its key; other renders are unaffected.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
     /// Linear memory a plugin instance may grow to, in MiB.
     pub memory_mib: u64,
+    /// Elements each table of a plugin instance may grow to.
+    pub table_elements: u64,
     /// Wall-clock time one render may take, in seconds, including model work.
     pub deadline_seconds: u64,
+    /// Wall-clock time `describe` may take when a plugin loads, in seconds.
+    pub describe_deadline_seconds: u64,
     /// Images a render may send through the model, forward or gradient.
     pub model_images: u64,
+    /// Images in one model or preprocessing call.
+    pub max_batch: u64,
+    /// Panels one render may return.
+    pub max_panels: u64,
+    /// Width times height of one heatmap or image panel.
+    pub max_panel_pixels: u64,
+    /// Bytes of all panels of one render together, in MiB: heatmap values,
+    /// image pixels and texts.
+    pub max_output_mib: u64,
+    /// The WebAssembly stack of one call into a plugin, in KiB.
+    pub max_wasm_stack_kib: u64,
 }
 
 /// ONNX Runtime.
@@ -164,23 +180,31 @@ impl Default for SandboxConfig {
             // Occlusion keeps a batch of 16 frames and their tensors, about
             // 20 MB at 224x224; 256 MiB leaves room for larger models.
             memory_mib: 256,
+            // Rust guests use one table for indirect calls with a few
+            // hundred entries; 100,000 is far above that and still a small
+            // allocation.
+            table_elements: 100_000,
+            // Long enough for occlusion at a fine stride on a large model,
+            // and short enough to stop a runaway render before its user
+            // gives up waiting.
             deadline_seconds: 120,
+            // describe only builds a small record.
+            describe_deadline_seconds: 5,
             // Occlusion at stride 4 on a 224 frame needs about 3,000 images.
             model_images: 10_000,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            paths: PathsConfig::default(),
-            results: ResultsConfig::default(),
-            uploads: UploadConfig::default(),
-            jobs: JobsConfig::default(),
-            sandbox: SandboxConfig::default(),
-            runtime: RuntimeConfig::default(),
+            // 256 frames of 3x224x224 floats are 150 MB on the host side.
+            max_batch: 256,
+            // More panels than anyone can compare on one page.
+            max_panels: 64,
+            // A 4096 x 4096 grid: larger than any model input frame.
+            max_panel_pixels: 4096 * 4096,
+            // Four full-size 2048 x 2048 heatmaps of f32; results are
+            // written to disk as PNG and .npy, so this also bounds the disk
+            // one render can fill.
+            max_output_mib: 64,
+            // Rust guests need a few hundred KiB at most; deep recursion
+            // past this traps instead of exhausting the host's stack.
+            max_wasm_stack_kib: 1024,
         }
     }
 }
@@ -266,7 +290,7 @@ impl Config {
                 fix: "set an IP address such as `127.0.0.1` or `0.0.0.0`",
             });
         }
-        let checks: [(&'static str, u64, &'static str); 5] = [
+        let checks: [(&'static str, u64, &'static str); 13] = [
             (
                 "uploads.max_bytes",
                 self.uploads.max_bytes,
@@ -292,6 +316,46 @@ impl Config {
                 self.sandbox.deadline_seconds,
                 "set at least 1 (seconds)",
             ),
+            (
+                "sandbox.describe_deadline_seconds",
+                self.sandbox.describe_deadline_seconds,
+                "set at least 1 (seconds)",
+            ),
+            (
+                "sandbox.table_elements",
+                self.sandbox.table_elements,
+                "set at least 1000",
+            ),
+            (
+                "sandbox.model_images",
+                self.sandbox.model_images,
+                "set at least 1 (images)",
+            ),
+            (
+                "sandbox.max_batch",
+                self.sandbox.max_batch,
+                "set at least 1 (images)",
+            ),
+            (
+                "sandbox.max_panels",
+                self.sandbox.max_panels,
+                "set at least 1",
+            ),
+            (
+                "sandbox.max_panel_pixels",
+                self.sandbox.max_panel_pixels,
+                "set at least 1 (pixels)",
+            ),
+            (
+                "sandbox.max_output_mib",
+                self.sandbox.max_output_mib,
+                "set at least 1 (MiB)",
+            ),
+            (
+                "sandbox.max_wasm_stack_kib",
+                self.sandbox.max_wasm_stack_kib,
+                "set at least 64 (KiB)",
+            ),
         ];
         for (key, value, fix) in checks {
             if value == 0 {
@@ -307,6 +371,23 @@ impl Config {
                 key: "sandbox.memory_mib",
                 value: self.sandbox.memory_mib.to_string(),
                 fix: "set a value from 16 to 4096 (MiB)",
+            });
+        }
+        // Rust guests need about 64 KiB before their entry point runs. The
+        // upper bound keeps the render threads, whose native stack is this
+        // plus headroom for the host, at a modest size.
+        if self.sandbox.max_wasm_stack_kib < 64 || self.sandbox.max_wasm_stack_kib > 8192 {
+            return Err(ConfigError::Invalid {
+                key: "sandbox.max_wasm_stack_kib",
+                value: self.sandbox.max_wasm_stack_kib.to_string(),
+                fix: "set a value from 64 to 8192 (KiB)",
+            });
+        }
+        if self.sandbox.table_elements < 1000 {
+            return Err(ConfigError::Invalid {
+                key: "sandbox.table_elements",
+                value: self.sandbox.table_elements.to_string(),
+                fix: "set at least 1000; Rust guests need a few hundred entries",
             });
         }
         Ok(())
@@ -383,8 +464,8 @@ mod tests {
 
     #[test]
     fn missing_named_file_is_an_error() {
-        let error = Config::load(Some(Path::new("/nonexistent/picasso.toml")))
-            .expect_err("missing file");
+        let error =
+            Config::load(Some(Path::new("/nonexistent/picasso.toml"))).expect_err("missing file");
         assert!(matches!(error, ConfigError::MissingFile { .. }));
     }
 }

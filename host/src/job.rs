@@ -96,6 +96,9 @@ impl JobQueue {
             let receiver: Receiver<QueuedJob> = receiver.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("picasso-render-{index}"))
+                // Plugins run on this thread's stack, up to the configured
+                // wasm stack limit.
+                .stack_size(shared.plugins.sandbox().limits().thread_stack_size())
                 .spawn(move || {
                     for job in receiver {
                         shared.run(job);
@@ -229,7 +232,10 @@ impl Shared {
         }
         let (state, message) = match result {
             Ok(()) => (JobState::Completed, None),
-            Err(RunError::Cancelled) => (JobState::Cancelled, Some("cancelled by the user".to_owned())),
+            Err(RunError::Cancelled) => (
+                JobState::Cancelled,
+                Some("cancelled by the user".to_owned()),
+            ),
             Err(error) => {
                 tracing::error!(job = %id, %error, "job failed");
                 (JobState::Failed, Some(error.to_string()))
