@@ -68,3 +68,22 @@ plugin_crates() {
         fi
     done
 }
+
+# Builds the hostile test plugins of tests/plugins/ (their own workspace,
+# same target directory as the bundled plugins) and copies each component to
+# target/hostile-plugins/<crate-name>.wasm, where tests/tests/sandbox.rs
+# finds them.
+build_hostile_plugins() {
+    log "building the hostile test plugins"
+    (cd "$ROOT/tests/plugins" && cargo build --release --quiet)
+    local out="$ROOT/target/plugins/wasm32-wasip2/release"
+    local dest="$ROOT/target/hostile-plugins"
+    mkdir -p "$dest"
+    local dir crate
+    for dir in "$ROOT"/tests/plugins/*/; do
+        if [[ -f "$dir/Cargo.toml" ]]; then
+            crate="$(basename "$dir")"
+            cp "$out/${crate//-/_}.wasm" "$dest/$crate.wasm"
+        fi
+    done
+}
