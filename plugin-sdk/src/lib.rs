@@ -187,11 +187,30 @@ pub mod __private {
 
     impl<V: Visualization> __bindings::Guest for Export<V> {
         fn describe() -> Descriptor {
+            log_panics();
             V::describe()
         }
 
         fn render(input: Image, settings: Vec<__bindings::Setting>) -> Result<Vec<Panel>, String> {
+            log_panics();
             render::<V>(input, settings).map_err(|error| error.to_string())
+        }
+    }
+
+    /// Sends panic messages to the host's log. A panic still traps, but the
+    /// trap alone carries no message, and the host does not show the
+    /// guest's stderr.
+    fn log_panics() {
+        // Off wasm32 the host imports are stubs that panic, so a hook that
+        // calls them would abort native tests.
+        #[cfg(target_arch = "wasm32")]
+        {
+            static HOOK: std::sync::Once = std::sync::Once::new();
+            HOOK.call_once(|| {
+                std::panic::set_hook(Box::new(|info| {
+                    crate::host::log(crate::host::LogLevel::Error, &format!("plugin {info}"));
+                }));
+            });
         }
     }
 
