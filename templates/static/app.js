@@ -623,12 +623,12 @@
   function renderManifest(jobId, manifest) {
     const modelNames = new Map(manifest.models.map((model) => [model.id, model.name]));
     const plugins = new Map(manifest.plugins.map((plugin) => [plugin.id, plugin]));
-    const nodes = manifest.images.map((image) => renderImageResult(jobId, image, modelNames, plugins));
+    const nodes = manifest.images.map((image) => renderImageResult(jobId, image, modelNames, manifest.plugins, plugins));
     nodes.push(runDetails(manifest));
     return nodes;
   }
 
-  function renderImageResult(jobId, image, modelNames, plugins) {
+  function renderImageResult(jobId, image, modelNames, stamps, plugins) {
     const card = el("article", { class: "card result-card" });
     card.append(el("h3", {}, el("span", { text: image.name }), " ", el("span", { class: "muted small", text: image.width + "\u00d7" + image.height })));
     if (image.error) card.append(el("p", { class: "notice error", text: image.error }));
@@ -645,7 +645,7 @@
     for (const model of image.models) predictions.append(renderPredictions(model, modelNames));
     top.append(predictions);
     card.append(top);
-    card.append(renderHeatmapGrid(jobId, image, modelNames, plugins));
+    card.append(renderHeatmapGrid(jobId, image, modelNames, stamps, plugins));
     return card;
   }
 
@@ -677,17 +677,52 @@
 
   /** One row per visualization, one column per model, so the maps of a
    *  method on different models sit side by side. */
-  function renderHeatmapGrid(jobId, image, modelNames, plugins) {
-    const pluginOrder = [];
-    for (const model of image.models) for (const render of model.renders) if (!pluginOrder.includes(render.plugin)) pluginOrder.push(render.plugin);
+  /** Identifies a render's visualization. Two visualizations of one plugin
+   *  (different settings) have different indices in the job's request. */
+  function visualizationKey(render) {
+    return typeof render.visualization === "number" ? "v" + render.visualization : "p" + render.plugin;
+  }
+
+  /** The plugin stamp of a render: by request index, or by plugin id in
+   *  manifests written before the index was recorded. */
+  function stampOf(render, stamps, plugins) {
+    if (typeof render.visualization === "number" && stamps[render.visualization]) return stamps[render.visualization];
+    return plugins.get(render.plugin);
+  }
+
+  function describeSettings(settings) {
+    return Object.entries(settings || {})
+      .map(([name, value]) => name + " " + (value === null ? "default" : String(value)))
+      .join(", ");
+  }
+
+  /** One row per visualization, one column per model, so the maps of a
+   *  method on different models sit side by side. */
+  function renderHeatmapGrid(jobId, image, modelNames, stamps, plugins) {
+    const order = [];
+    const firstRender = new Map();
+    for (const model of image.models) {
+      for (const render of model.renders) {
+        const key = visualizationKey(render);
+        if (!firstRender.has(key)) {
+          order.push(key);
+          firstRender.set(key, render);
+        }
+      }
+    }
     const wrap = el("div", { class: "heatmap-rows" });
-    for (const pluginId of pluginOrder) {
-      const plugin = plugins.get(pluginId);
+    for (const key of order) {
+      const first = firstRender.get(key);
+      const plugin = stampOf(first, stamps, plugins);
       const row = el("section", { class: "heatmap-row" });
-      row.append(el("h4", {}, el("span", { text: plugin ? plugin.title : pluginId }), " ", el("code", { class: "muted small", text: pluginId + (plugin ? " " + plugin.version : "") })));
+      const version = plugin ? " " + plugin.version : "";
+      row.append(
+        el("h4", {}, el("span", { text: plugin ? plugin.title : first.plugin }), " ", el("code", { class: "muted small", text: first.plugin + version })),
+        plugin && plugin.settings ? el("p", { class: "muted small settings-used", text: describeSettings(plugin.settings) }) : null
+      );
       const cells = el("div", { class: "heatmap-cells" });
       for (const model of image.models) {
-        const render = model.renders.find((candidate) => candidate.plugin === pluginId);
+        const render = model.renders.find((candidate) => visualizationKey(candidate) === key);
         if (!render) continue;
         cells.append(renderCell(jobId, image, model, render, modelNames.get(model.model) || model.model, plugin));
       }
