@@ -114,8 +114,8 @@ const DESCRIPTION: &str = "Hides one square region of the image at a time with a
     the fill color and records how the model's probability for a class changes. The window \
     slides in steps of `stride` pixels from the top-left corner, with one last position \
     flush with the right and bottom edges. Each pixel of the map is the mean probability of \
-    the class over all the occluded copies whose patch covers that pixel, so dark regions \
-    are those the model needs to recognize the class. The class is the chosen one, or each \
+    the class over all the occluded copies whose patch covers that pixel, so low values \
+    mark the regions the model needs to recognize the class. The class is the chosen one, or each \
     of the image's `top-k` most likely classes. The list next to the maps shows the top \
     classes of the unoccluded image.";
 
@@ -266,7 +266,7 @@ fn add_copy(
 }
 
 fn heatmap_panel(input: &Image, class: u32, values: Vec<f32>) -> Result<Panel, Error> {
-    let label = model::label(class).unwrap_or("class");
+    let label = model::label(class).map_or_else(|| format!("class {class}"), str::to_owned);
     let heatmap = Heatmap::new(
         input.width,
         input.height,
