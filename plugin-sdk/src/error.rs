@@ -2,7 +2,7 @@
 
 use crate::__bindings::picasso::plugin::model::ModelError;
 
-/// Why a render failed. The host shows the message (its `Display` form) to
+/// The reason a render failed. The host shows the message (its `Display` form) to
 /// the user, so each variant names the value at fault.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -14,7 +14,7 @@ pub enum Error {
         name: String,
     },
 
-    /// A setting holds a different kind of value than the accessor reads.
+    /// A setting contains a different kind of value than the accessor reads.
     #[error("setting `{name}` is {found}, expected {expected}")]
     SettingKind {
         /// The setting's name.
@@ -31,7 +31,7 @@ pub enum Error {
     InvalidSetting {
         /// The setting's name.
         name: String,
-        /// What is wrong and what would fit.
+        /// The problem and the values that would fit.
         reason: String,
     },
 

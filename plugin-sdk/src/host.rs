@@ -40,7 +40,7 @@ pub fn progress(done: usize, total: usize) {
 /// Returns `count` numbers drawn uniformly from [0, 1).
 ///
 /// The stream is seeded by the job's seed, so a render repeated with the
-/// same seed draws the same numbers; prefer it to any other randomness.
+/// same seed draws the same numbers. Prefer it to any other randomness.
 pub fn random_uniform(count: u32) -> Vec<f32> {
     imports::random_uniform(count)
 }

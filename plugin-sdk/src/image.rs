@@ -66,7 +66,7 @@ impl Image {
         }
     }
 
-    /// Checks that the pixel buffer holds `width * height * 4` bytes. The
+    /// Checks that the pixel buffer contains `width * height * 4` bytes. The
     /// helpers below assume it does; `what` names the image in the message.
     ///
     /// # Errors
@@ -78,7 +78,7 @@ impl Image {
             Ok(())
         } else {
             Err(Error::msg(format!(
-                "{what} image is {} x {} but holds {} bytes of pixels, expected {expected}",
+                "{what} image is {} x {} but contains {} bytes of pixels, expected {expected}",
                 self.width,
                 self.height,
                 self.pixels.len()

@@ -121,7 +121,7 @@ pub trait Visualization {
     /// Explains the model's decision on `input`.
     ///
     /// `input` is already resized and cropped to the model's input frame
-    /// ([`model::info`] gives its size), and `settings` holds a value for
+    /// ([`model::info`] gives its size), and `settings` contains a value for
     /// every setting that [`Visualization::describe`] declares, already
     /// checked against its kind and range.
     ///
@@ -299,7 +299,7 @@ mod tests {
         let result = __private::Export::<Echo>::render(input, label("a"));
 
         let message = result.expect_err("5 bytes for 3 x 2 pixels");
-        assert!(message.contains("holds 5 bytes"), "{message}");
+        assert!(message.contains("contains 5 bytes"), "{message}");
     }
 
     #[test]

@@ -152,7 +152,7 @@ impl Batch {
         self.logits.shape.first().map_or(0, |&items| items as usize)
     }
 
-    /// Returns whether the batch holds no image; never true for a batch
+    /// Returns whether the batch contains no image; never true for a batch
     /// handed to a callback.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
