@@ -48,7 +48,9 @@ impl ColorRange {
     pub fn of(scale: Scale, values: &[f32]) -> ColorRange {
         let (min, max) = values
             .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
         if !min.is_finite() {
             return ColorRange { min: 0.0, max: 1.0 };
         }
@@ -91,7 +93,13 @@ fn color(scale: Scale, t: f64) -> Rgba<u8> {
 }
 
 /// Colors a `width` x `height` grid of `values`.
-pub fn colorize(values: &[f32], width: u32, height: u32, scale: Scale, range: ColorRange) -> RgbaImage {
+pub fn colorize(
+    values: &[f32],
+    width: u32,
+    height: u32,
+    scale: Scale,
+    range: ColorRange,
+) -> RgbaImage {
     RgbaImage::from_fn(width, height, |x, y| {
         let value = values[(y * width + x) as usize];
         color(scale, range.position(value))
@@ -101,7 +109,9 @@ pub fn colorize(values: &[f32], width: u32, height: u32, scale: Scale, range: Co
 /// A horizontal strip of the colormap, low values on the left.
 pub fn colorbar(scale: Scale) -> RgbaImage {
     let (width, height) = (256, 16);
-    RgbaImage::from_fn(width, height, |x, _| color(scale, x as f64 / (width - 1) as f64))
+    RgbaImage::from_fn(width, height, |x, _| {
+        color(scale, x as f64 / (width - 1) as f64)
+    })
 }
 
 /// The photo scaled to fit [`MAX_DISPLAY_SIDE`], with the factor applied.
@@ -113,7 +123,10 @@ pub fn display_photo(photo: &RgbaImage) -> (RgbaImage, f32) {
     let factor = MAX_DISPLAY_SIDE as f32 / longest as f32;
     let width = ((photo.width() as f32 * factor).round() as u32).max(1);
     let height = ((photo.height() as f32 * factor).round() as u32).max(1);
-    (imageops::resize(photo, width, height, FilterType::Triangle), factor)
+    (
+        imageops::resize(photo, width, height, FilterType::Triangle),
+        factor,
+    )
 }
 
 /// Blends a colored heatmap over the region of the display photo that the
@@ -132,8 +145,10 @@ pub fn overlay(display: &RgbaImage, factor: f32, crop: CropRect, colored: &RgbaI
 
     let x0 = (crop.x * factor).round().max(0.0) as u32;
     let y0 = (crop.y * factor).round().max(0.0) as u32;
-    let width = ((crop.width * factor).round() as u32).clamp(1, display.width().saturating_sub(x0).max(1));
-    let height = ((crop.height * factor).round() as u32).clamp(1, display.height().saturating_sub(y0).max(1));
+    let width =
+        ((crop.width * factor).round() as u32).clamp(1, display.width().saturating_sub(x0).max(1));
+    let height = ((crop.height * factor).round() as u32)
+        .clamp(1, display.height().saturating_sub(y0).max(1));
     let heat = imageops::resize(colored, width, height, FilterType::Triangle);
 
     // Half-transparent heat keeps the photo's structure visible under it.
@@ -144,12 +159,16 @@ pub fn overlay(display: &RgbaImage, factor: f32, crop: CropRect, colored: &RgbaI
             continue;
         }
         let photo_pixel = display.get_pixel(px, py);
-        let mut blended = [0u8; 4];
-        for c in 0..3 {
-            let value = photo_pixel.0[c] as f32 * (1.0 - ALPHA) + heat_pixel.0[c] as f32 * ALPHA;
-            blended[c] = value.round().clamp(0.0, 255.0) as u8;
+        let mut blended = [255u8; 4];
+        for ((out, photo), heat) in blended
+            .iter_mut()
+            .zip(photo_pixel.0)
+            .zip(heat_pixel.0)
+            .take(3)
+        {
+            let value = photo as f32 * (1.0 - ALPHA) + heat as f32 * ALPHA;
+            *out = value.round().clamp(0.0, 255.0) as u8;
         }
-        blended[3] = 255;
         out.put_pixel(px, py, Rgba(blended));
     }
     out
@@ -163,7 +182,10 @@ pub fn overlay(display: &RgbaImage, factor: f32, crop: CropRect, colored: &RgbaI
 /// bug.
 pub fn png(image: &RgbaImage) -> Result<Vec<u8>, image::ImageError> {
     let mut bytes = Vec::new();
-    image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
+    image.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )?;
     Ok(bytes)
 }
 
@@ -177,7 +199,9 @@ pub fn npy(values: &[f32], width: u32, height: u32) -> Result<Vec<u8>, String> {
     let array = ndarray::Array2::from_shape_vec((height as usize, width as usize), values.to_vec())
         .map_err(|error| error.to_string())?;
     let mut bytes = Vec::new();
-    array.write_npy(&mut bytes).map_err(|error| error.to_string())?;
+    array
+        .write_npy(&mut bytes)
+        .map_err(|error| error.to_string())?;
     Ok(bytes)
 }
 
@@ -188,7 +212,13 @@ mod tests {
     #[test]
     fn diverging_range_is_symmetric() {
         let range = ColorRange::of(Scale::Diverging, &[-1.0, 3.0]);
-        assert_eq!(range, ColorRange { min: -3.0, max: 3.0 });
+        assert_eq!(
+            range,
+            ColorRange {
+                min: -3.0,
+                max: 3.0
+            }
+        );
     }
 
     #[test]
@@ -205,10 +235,23 @@ mod tests {
     fn overlay_dims_outside_crop_only() {
         let display = RgbaImage::from_pixel(10, 10, Rgba([200, 200, 200, 255]));
         let colored = RgbaImage::from_pixel(2, 2, Rgba([0, 0, 0, 255]));
-        let crop = CropRect { x: 5.0, y: 0.0, width: 5.0, height: 10.0 };
+        let crop = CropRect {
+            x: 5.0,
+            y: 0.0,
+            width: 5.0,
+            height: 10.0,
+        };
         let out = overlay(&display, 1.0, crop, &colored);
-        assert_eq!(out.get_pixel(0, 0).0[0], 80, "outside the crop: 40% brightness");
-        assert_eq!(out.get_pixel(7, 5).0[0], 90, "inside: blended with black heat");
+        assert_eq!(
+            out.get_pixel(0, 0).0[0],
+            80,
+            "outside the crop: 40% brightness"
+        );
+        assert_eq!(
+            out.get_pixel(7, 5).0[0],
+            90,
+            "inside: blended with black heat"
+        );
     }
 
     #[test]

@@ -88,6 +88,8 @@ impl LoadedPlugin {
 /// A file of the plugins folder and what became of it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PluginListing {
+    /// The file name, without the folder: the API does not reveal the
+    /// server's paths.
     pub file: String,
     pub content_hash: String,
     /// `loaded` or `failed`.
@@ -217,7 +219,7 @@ impl PluginRegistry {
                         continue;
                     }
                     next.listings.push(PluginListing {
-                        file: file.display().to_string(),
+                        file: file_name(&file),
                         content_hash: hash,
                         status: "loaded",
                         error: None,
@@ -338,9 +340,16 @@ impl PluginRegistry {
     }
 }
 
+fn file_name(file: &Path) -> String {
+    file.file_name().map_or_else(
+        || file.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
 fn failed(file: &Path, content_hash: String, error: String) -> PluginListing {
     PluginListing {
-        file: file.display().to_string(),
+        file: file_name(file),
         content_hash,
         status: "failed",
         error: Some(error),
