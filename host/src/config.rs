@@ -463,6 +463,25 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_limits_out_of_range_name_their_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (line, key) in [
+            ("max_wasm_stack_kib = 16", "sandbox.max_wasm_stack_kib"),
+            ("max_wasm_stack_kib = 100000", "sandbox.max_wasm_stack_kib"),
+            ("table_elements = 10", "sandbox.table_elements"),
+            ("max_output_mib = 0", "sandbox.max_output_mib"),
+            (
+                "describe_deadline_seconds = 0",
+                "sandbox.describe_deadline_seconds",
+            ),
+        ] {
+            let path = write(dir.path(), &format!("[sandbox]\n{line}\n"));
+            let error = Config::load(Some(&path)).expect_err(line);
+            assert!(error.to_string().contains(key), "{line}: {error}");
+        }
+    }
+
+    #[test]
     fn missing_named_file_is_an_error() {
         let error =
             Config::load(Some(Path::new("/nonexistent/picasso.toml"))).expect_err("missing file");

@@ -154,7 +154,18 @@ fn render_attacks_are_stopped_with_named_limit() {
             "huge-heatmap",
             &["100000x100000", "sandbox.max_panel_pixels"],
         ),
-        ("panic", &["crashed", "unreachable"]),
+        (
+            "aliased-output",
+            &["more than 64 MiB", "sandbox.memory_mib"],
+        ),
+        (
+            "panic",
+            &[
+                "crashed",
+                "unreachable",
+                "hostile plugin panicked on purpose",
+            ],
+        ),
         ("unreachable", &["crashed", "unreachable"]),
         (
             "wrong-shape",

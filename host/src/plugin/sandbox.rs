@@ -33,6 +33,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, Descriptor, LogLevel, ModelError, Panel, Tensor, Visualization};
@@ -108,6 +109,11 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// deadline and the job's cancel flag. At 50 ms, a cancelled render stops
 /// within about a twentieth of a second.
 const CHECK_INTERVAL: u64 = 5;
+
+/// Bytes of a plugin's stderr kept for the error of a trap: enough for a
+/// Rust panic message with its location. Writes past it fail in the guest,
+/// which Rust's panic handler ignores.
+const STDERR_CAPTURE: usize = 4096;
 
 /// Native stack for the host's own frames under a plugin call. The default
 /// 2 MiB of a Rust thread ran renders with a 1 MiB wasm stack, so 1 MiB is
@@ -211,8 +217,10 @@ impl Sandbox {
     }
 
     fn store(&self, render: Option<RenderContext>, time: TimeLimit) -> Store<State> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
         let state = State {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
+            stderr,
             table: ResourceTable::new(),
             limiter: Limiter {
                 memory_bytes: self.limits.memory_bytes,
@@ -223,6 +231,11 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
+        // Wasmtime counts the bytes it copies out of the plugin in one call
+        // (arguments of a host call, or the result of `render`) against
+        // this fuel. Without a limit, a result that lists the same memory
+        // many times over would make the host allocate that many copies.
+        store.set_hostcall_fuel(self.limits.memory_bytes);
         store.set_epoch_deadline(CHECK_INTERVAL);
         store.epoch_deadline_callback(|store| {
             store.data().time.check()?;
@@ -251,7 +264,10 @@ impl Sandbox {
         let result = pre
             .instantiate(&mut store)
             .and_then(|instance| instance.call_describe(&mut store));
-        result.map_err(|error| classify_trap(plugin_name, &self.limits, error))
+        result.map_err(|error| {
+            let stderr = store.data().stderr.contents();
+            classify_trap(plugin_name, &self.limits, error, &stderr)
+        })
     }
 
     /// Runs one render of `request.plugin` on `request.frame`.
@@ -323,7 +339,10 @@ impl Sandbox {
                     message: truncate(&message, 2000),
                 });
             }
-            Err(error) => return Err(classify_trap(&name, &self.limits, error)),
+            Err(error) => {
+                let stderr = store.data().stderr.contents();
+                return Err(classify_trap(&name, &self.limits, error, &stderr));
+            }
         };
         check_panels(&self.limits, &request.model, &panels).map_err(|message| {
             RenderError::InvalidOutput {
@@ -339,8 +358,14 @@ impl Sandbox {
 }
 
 /// Turns a wasmtime error into a render error that names the limit, when a
-/// limit caused it.
-fn classify_trap(plugin: &str, limits: &SandboxLimits, error: wasmtime::Error) -> RenderError {
+/// limit caused it. A crash also shows what the plugin wrote to stderr,
+/// where a Rust guest writes its panic message.
+fn classify_trap(
+    plugin: &str,
+    limits: &SandboxLimits,
+    error: wasmtime::Error,
+    stderr: &[u8],
+) -> RenderError {
     let plugin = plugin.to_owned();
     if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
         return RenderError::Limit {
@@ -348,6 +373,20 @@ fn classify_trap(plugin: &str, limits: &SandboxLimits, error: wasmtime::Error) -
             message: limit.0.clone(),
         };
     }
+    // Wasmtime's error type for spent hostcall fuel is private, so its
+    // message is the only way to recognize it.
+    if format!("{error:#}").contains("fuel allocated for hostcalls has been exhausted") {
+        return RenderError::Limit {
+            plugin,
+            message: format!(
+                "the plugin passed more than {} MiB to the host in one call, the size of its \
+                 memory limit (sandbox.memory_mib); the same data listed many times over \
+                 counts each time",
+                limits.memory_bytes >> 20
+            ),
+        };
+    }
+    let stderr = stderr_text(stderr);
     match error.downcast_ref::<Trap>() {
         Some(Trap::StackOverflow) => RenderError::Limit {
             plugin,
@@ -359,13 +398,31 @@ fn classify_trap(plugin: &str, limits: &SandboxLimits, error: wasmtime::Error) -
         },
         Some(trap) => RenderError::Trap {
             plugin,
-            message: format!("{trap}: {}", root_message(&error)),
+            message: format!("{trap}: {}{stderr}", root_message(&error)),
         },
         None => RenderError::Trap {
             plugin,
-            message: root_message(&error),
+            message: format!("{}{stderr}", root_message(&error)),
         },
     }
+}
+
+/// Formats captured stderr for an error message, with control characters
+/// other than line breaks escaped, or nothing when it is empty.
+fn stderr_text(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let text = text.trim();
+    if text.is_empty() {
+        return String::new();
+    }
+    let escaped: String = text
+        .chars()
+        .map(|c| match c {
+            c if c.is_control() && c != '\n' => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    format!("; the plugin's stderr: {}", truncate(&escaped, 1000))
 }
 
 fn root_message(error: &wasmtime::Error) -> String {
@@ -568,6 +625,8 @@ impl Drop for Watchdog {
 /// The data of one store.
 pub struct State {
     wasi: WasiCtx,
+    /// What the plugin wrote to stderr, up to [`STDERR_CAPTURE`] bytes.
+    stderr: MemoryOutputPipe,
     table: ResourceTable,
     limiter: Limiter,
     time: TimeLimit,
@@ -960,5 +1019,24 @@ pub fn model_info(model: &Model) -> bindings::ModelInfo {
                 op_type: t.op_type.clone(),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stderr_text_escapes_control_characters() {
+        let text = stderr_text(b"panicked at src/lib.rs:3:5:\n\x1b[2Jboom\x07\n");
+        assert_eq!(
+            text,
+            "; the plugin's stderr: panicked at src/lib.rs:3:5:\n\\u{1b}[2Jboom\\u{7}"
+        );
+    }
+
+    #[test]
+    fn stderr_text_is_empty_without_output() {
+        assert_eq!(stderr_text(b" \n"), "");
     }
 }

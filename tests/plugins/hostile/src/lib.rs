@@ -25,6 +25,7 @@ const ATTACKS: &[&str] = &[
     "recurse",
     "many-panels",
     "huge-heatmap",
+    "aliased-output",
     "panic",
     "unreachable",
     "wrong-shape",
@@ -76,6 +77,7 @@ impl Guest for Hostile {
             "recurse" => Ok(vec![scores_panel(recurse(black_box(u64::MAX)) as f32)]),
             "many-panels" => Ok((0..100).map(|i| scores_panel(i as f32)).collect()),
             "huge-heatmap" => Ok(vec![huge_heatmap()]),
+            "aliased-output" => Ok(aliased_heatmaps()),
             "panic" => panic!("hostile plugin panicked on purpose"),
             "unreachable" => core::arch::wasm32::unreachable(),
             "wrong-shape" => model_error(model::logits(&Tensor {
@@ -157,6 +159,34 @@ fn huge_heatmap() -> Panel {
             scale: HeatmapScale::Sequential,
         }),
     }
+}
+
+/// Builds 64 heatmaps of 2048 x 2048 values that all list the same 16 MiB
+/// of memory, so the result claims 1 GiB while the plugin holds 16 MiB.
+///
+/// The vectors alias one buffer, which is undefined behavior in Rust once
+/// they are dropped or freed. That is the attack: the host copies the
+/// result before the plugin's post-return would free anything, so only the
+/// host's copy limit stands between this and 1 GiB of host memory.
+fn aliased_heatmaps() -> Vec<Panel> {
+    const SIDE: u32 = 2048;
+    let len = (SIDE * SIDE) as usize;
+    let mut buffer = std::mem::ManuallyDrop::new(vec![0.5f32; len]);
+    let pointer = buffer.as_mut_ptr();
+    (0..64)
+        .map(|index| Panel {
+            title: format!("alias {index}"),
+            content: PanelContent::Heatmap(Heatmap {
+                width: SIDE,
+                height: SIDE,
+                // SAFETY: none; see above.
+                values: unsafe { Vec::from_raw_parts(pointer, len, len) },
+                class_index: None,
+                meaning: "the same memory again".to_owned(),
+                scale: HeatmapScale::Sequential,
+            }),
+        })
+        .collect()
 }
 
 fn scores_panel(value: f32) -> Panel {
