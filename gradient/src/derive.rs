@@ -83,7 +83,10 @@ impl NodeGrads<'_> {
     /// The gradient of output 0, which every rule's caller guarantees to exist for
     /// single-output operators.
     pub fn grad(&self) -> &str {
-        self.outputs.first().and_then(Option::as_deref).unwrap_or("")
+        self.outputs
+            .first()
+            .and_then(Option::as_deref)
+            .unwrap_or("")
     }
 
     pub fn label(&self) -> String {
@@ -167,7 +170,10 @@ struct Targets {
     intermediates: Vec<String>,
 }
 
-pub(crate) fn derive(model: &ModelProto, request: &Request) -> Result<GradientModel, GradientError> {
+pub(crate) fn derive(
+    model: &ModelProto,
+    request: &Request,
+) -> Result<GradientModel, GradientError> {
     let graph = Graph::new(model)?;
     let targets = resolve(&graph, request)?;
 
@@ -249,7 +255,12 @@ fn resolve(graph: &Graph, request: &Request) -> Result<Targets, GradientError> {
 /// The single graph output, or the input of the Softmax or LogSoftmax producing it:
 /// probabilities saturate near 0 and 1, so their gradients vanish.
 fn default_output(graph: &Graph) -> Result<String, GradientError> {
-    let outputs: Vec<&str> = graph.proto().output.iter().map(|o| o.name.as_str()).collect();
+    let outputs: Vec<&str> = graph
+        .proto()
+        .output
+        .iter()
+        .map(|o| o.name.as_str())
+        .collect();
     let [output] = outputs.as_slice() else {
         return Err(GradientError::Ambiguous {
             what: "the output",
@@ -342,7 +353,13 @@ fn walk_backward(bw: &mut Backward) -> Result<(), GradientError> {
         let outputs: Vec<Option<String>> = node
             .output
             .iter()
-            .map(|o| if bw.needs.contains(o) { bw.total(o) } else { None })
+            .map(|o| {
+                if bw.needs.contains(o) {
+                    bw.total(o)
+                } else {
+                    None
+                }
+            })
             .collect();
         let wants: Vec<bool> = node
             .input
@@ -397,7 +414,13 @@ fn assemble(mut bw: Backward, model: &ModelProto, targets: &Targets, seed: &str)
     for tensor in &targets.intermediates {
         let activation = expose_forward(&mut bw, &mut exposed, tensor);
         let grad = bw.total_or_zeros(tensor);
-        let gradient = expose_gradient(&mut bw, &mut exposed, &grad, &format!("{tensor}_grad"), tensor);
+        let gradient = expose_gradient(
+            &mut bw,
+            &mut exposed,
+            &grad,
+            &format!("{tensor}_grad"),
+            tensor,
+        );
         intermediates.push(IntermediateOutputs {
             tensor: tensor.clone(),
             activation,
@@ -490,7 +513,9 @@ fn build_graph(
     let mut inputs: Vec<_> = source
         .input
         .iter()
-        .filter(|i| i.name == input || (needed.contains(&i.name) && !bw.graph.is_initializer(&i.name)))
+        .filter(|i| {
+            i.name == input || (needed.contains(&i.name) && !bw.graph.is_initializer(&i.name))
+        })
         .cloned()
         .collect();
     inputs.push(value_info(seed, FLOAT, seed_shape));

@@ -57,7 +57,12 @@ impl Emitter {
     }
 
     /// Appends a node with one output and returns the output's name.
-    pub fn op(&mut self, op_type: &str, inputs: &[&str], attributes: Vec<AttributeProto>) -> String {
+    pub fn op(
+        &mut self,
+        op_type: &str,
+        inputs: &[&str],
+        attributes: Vec<AttributeProto>,
+    ) -> String {
         let output = self.fresh(op_type);
         self.op_into(op_type, inputs, attributes, &[output.as_str()]);
         output
@@ -158,7 +163,11 @@ impl Emitter {
 
     /// A float32 0/1 mask from a boolean tensor.
     pub fn float_mask(&mut self, condition: &str) -> String {
-        self.op("Cast", &[condition], vec![int_attr("to", crate::proto::FLOAT as i64)])
+        self.op(
+            "Cast",
+            &[condition],
+            vec![int_attr("to", crate::proto::FLOAT as i64)],
+        )
     }
 
     pub fn reshape(&mut self, x: &str, shape: &str) -> String {
@@ -213,13 +222,21 @@ impl Emitter {
     /// A float32 tensor of zeros with the run-time shape given by `shape`.
     pub fn zeros_of_shape(&mut self, shape: &str) -> String {
         let zero = float_tensor("", &[1], &[0.0]);
-        self.op("ConstantOfShape", &[shape], vec![tensor_attr("value", zero)])
+        self.op(
+            "ConstantOfShape",
+            &[shape],
+            vec![tensor_attr("value", zero)],
+        )
     }
 
     /// An int64 tensor of `value`s with the run-time shape given by `shape`.
     pub fn int_fill(&mut self, shape: &str, value: i64) -> String {
         let fill = int_tensor("", &[1], &[value]);
-        self.op("ConstantOfShape", &[shape], vec![tensor_attr("value", fill)])
+        self.op(
+            "ConstantOfShape",
+            &[shape],
+            vec![tensor_attr("value", fill)],
+        )
     }
 
     pub fn concat(&mut self, inputs: &[&str], axis: i64) -> String {

@@ -45,7 +45,9 @@ pub enum GradientError {
     },
 
     /// The request leaves a choice open that the graph does not settle.
-    #[error("{what} is ambiguous: the graph has {count} candidates ({candidates}); name one in the request")]
+    #[error(
+        "{what} is ambiguous: the graph has {count} candidates ({candidates}); name one in the request"
+    )]
     Ambiguous {
         /// What had to be chosen.
         what: &'static str,
@@ -68,7 +70,9 @@ pub enum GradientError {
     },
 
     /// A tensor on the differentiated path has an element type other than float32.
-    #[error("tensor `{tensor}` has element type {elem_type}, expected float32 (1) on the differentiated path")]
+    #[error(
+        "tensor `{tensor}` has element type {elem_type}, expected float32 (1) on the differentiated path"
+    )]
     UnsupportedType {
         /// The tensor's name.
         tensor: String,
@@ -77,7 +81,9 @@ pub enum GradientError {
     },
 
     /// The model's default-domain opset is outside the range this crate handles.
-    #[error("the model imports ONNX opset {version}; opsets 11 to 21 are supported, re-export the model with one of them")]
+    #[error(
+        "the model imports ONNX opset {version}; opsets 11 to 21 are supported, re-export the model with one of them"
+    )]
     UnsupportedOpset {
         /// The opset version the model imports.
         version: i64,

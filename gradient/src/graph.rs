@@ -41,7 +41,10 @@ impl<'m> Graph<'m> {
             return Err(GradientError::UnsupportedOpset { version: opset });
         }
         if opset > MAX_OPSET {
-            tracing::warn!(opset, "model opset is newer than the newest one tested ({MAX_OPSET})");
+            tracing::warn!(
+                opset,
+                "model opset is newer than the newest one tested ({MAX_OPSET})"
+            );
         }
 
         let mut graph = Graph {
@@ -107,7 +110,8 @@ impl<'m> Graph<'m> {
             }
         }
         for tensor in &self.proto.initializer {
-            self.elem_types.insert(tensor.name.clone(), tensor.data_type);
+            self.elem_types
+                .insert(tensor.name.clone(), tensor.data_type);
             let dims = tensor.dims.iter().map(|&d| Dim::Fixed(d)).collect();
             self.shapes.insert(tensor.name.clone(), dims);
             if let Some(value) = read_tensor(tensor) {

@@ -57,8 +57,19 @@ pub fn inspectable_tensors(model: &ModelProto) -> Vec<TensorInfo> {
 fn produces_non_float(op_type: &str) -> bool {
     matches!(
         op_type,
-        "Shape" | "Size" | "Equal" | "Greater" | "Less" | "GreaterOrEqual" | "LessOrEqual"
-            | "Not" | "And" | "Or" | "ArgMax" | "ArgMin" | "NonZero"
+        "Shape"
+            | "Size"
+            | "Equal"
+            | "Greater"
+            | "Less"
+            | "GreaterOrEqual"
+            | "LessOrEqual"
+            | "Not"
+            | "And"
+            | "Or"
+            | "ArgMax"
+            | "ArgMin"
+            | "NonZero"
     )
 }
 

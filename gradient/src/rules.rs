@@ -161,17 +161,25 @@ pub(crate) fn unbroadcast_shaped(
             return Ok(bw.em.reshape_like(&summed, x));
         }
     }
-    if let Some(ones) = xs.as_ref().filter(|s| s.iter().all(|d| d == &Dim::Fixed(1))) {
+    if let Some(ones) = xs
+        .as_ref()
+        .filter(|s| s.iter().all(|d| d == &Dim::Fixed(1)))
+    {
         // A scalar-like operand (a bias of shape [1] or []): sum everything.
-        let total = bw.em.op("ReduceSum", &[g], vec![crate::proto::int_attr("keepdims", 0)]);
+        let total = bw.em.op(
+            "ReduceSum",
+            &[g],
+            vec![crate::proto::int_attr("keepdims", 0)],
+        );
         let dims = bw.em.ints(&vec![1; ones.len()]);
         return Ok(bw.em.reshape(&total, &dims));
     }
     if bw.em.opset < 13 {
         return Err(GradientError::MissingShape {
             tensor: format!("{x}` or `{y}"),
-            purpose: "decide which axes a broadcast gradient sums over (run-time axes need opset 13)"
-                .into(),
+            purpose:
+                "decide which axes a broadcast gradient sums over (run-time axes need opset 13)"
+                    .into(),
         });
     }
     Ok(dynamic_unbroadcast(bw, g, x))

@@ -91,7 +91,10 @@ fn infer_node(graph: &Graph, node: &NodeProto, shapes: &HashMap<String, Shape>) 
         "GlobalAveragePool" | "GlobalMaxPool" => {
             let x = input(0)?;
             let mut out = x.get(..2)?.to_vec();
-            out.extend(std::iter::repeat_n(Dim::Fixed(1), x.len().saturating_sub(2)));
+            out.extend(std::iter::repeat_n(
+                Dim::Fixed(1),
+                x.len().saturating_sub(2),
+            ));
             Some(out)
         }
         "Flatten" => {
@@ -104,14 +107,22 @@ fn infer_node(graph: &Graph, node: &NodeProto, shapes: &HashMap<String, Shape>) 
         "Gemm" => {
             let a = input(0)?;
             let b = graph.shape_or_constant_dims(&node.input[1], shapes)?;
-            let m = if attr_int(node, "transA").unwrap_or(0) == 1 { &a[1] } else { &a[0] };
-            let n = if attr_int(node, "transB").unwrap_or(0) == 1 { &b[0] } else { &b[1] };
+            let m = if attr_int(node, "transA").unwrap_or(0) == 1 {
+                &a[1]
+            } else {
+                &a[0]
+            };
+            let n = if attr_int(node, "transB").unwrap_or(0) == 1 {
+                &b[0]
+            } else {
+                &b[1]
+            };
             Some(vec![m.clone(), n.clone()])
         }
         "Transpose" => {
             let x = input(0)?;
-            let perm = attr_ints(node, "perm")
-                .unwrap_or_else(|| (0..x.len() as i64).rev().collect());
+            let perm =
+                attr_ints(node, "perm").unwrap_or_else(|| (0..x.len() as i64).rev().collect());
             perm.iter()
                 .map(|&p| x.get(usize::try_from(p).ok()?).cloned())
                 .collect()
@@ -137,7 +148,11 @@ pub(crate) fn broadcast(a: &Shape, b: &Shape) -> Option<Shape> {
     let rank = a.len().max(b.len());
     let pad = |s: &Shape, i: usize| -> Dim {
         let offset = rank - s.len();
-        if i < offset { Dim::Fixed(1) } else { s[i - offset].clone() }
+        if i < offset {
+            Dim::Fixed(1)
+        } else {
+            s[i - offset].clone()
+        }
     };
     (0..rank)
         .map(|i| match (pad(a, i), pad(b, i)) {

@@ -31,14 +31,24 @@ fn weights(b: &mut GraphBuilder, shape: &[i64], seed: u64) -> String {
 
 /// Builds x -> Conv(attributes) and checks it, with the input's spatial size
 /// either declared (static rules) or symbolic (run-time fallbacks).
-fn check_conv(case: &str, input: &[usize], weight: &[i64], attributes: Vec<onnx_protobuf::AttributeProto>, opset: i64) {
+fn check_conv(
+    case: &str,
+    input: &[usize],
+    weight: &[i64],
+    attributes: Vec<onnx_protobuf::AttributeProto>,
+    opset: i64,
+) {
     for static_shapes in [true, false] {
         let mut b = GraphBuilder::new(opset);
         let input_dims = if static_shapes {
             dims(input)
         } else {
             let mut d = vec![N, D::N(input[1] as i64)];
-            d.extend([D::S("H"), D::S("W"), D::S("Z")].iter().take(input.len() - 2));
+            d.extend(
+                [D::S("H"), D::S("W"), D::S("Z")]
+                    .iter()
+                    .take(input.len() - 2),
+            );
             d
         };
         let x = b.input("x", &input_dims);
@@ -53,31 +63,65 @@ fn check_conv(case: &str, input: &[usize], weight: &[i64], attributes: Vec<onnx_
 
 #[test]
 fn conv_stride_one_padded() {
-    check_conv("conv 3x3 stride 1 pad 1", &[1, 3, 6, 5], &[4, 3, 3, 3], vec![ints("pads", &[1, 1, 1, 1])], 17);
+    check_conv(
+        "conv 3x3 stride 1 pad 1",
+        &[1, 3, 6, 5],
+        &[4, 3, 3, 3],
+        vec![ints("pads", &[1, 1, 1, 1])],
+        17,
+    );
 }
 
 #[test]
 fn conv_stride_two_odd_size_asymmetric_pads() {
     let attributes = vec![ints("strides", &[2, 2]), ints("pads", &[1, 0, 0, 1])];
-    check_conv("conv stride 2 on 7x6, pads [1,0,0,1]", &[1, 2, 7, 6], &[3, 2, 3, 3], attributes, 17);
+    check_conv(
+        "conv stride 2 on 7x6, pads [1,0,0,1]",
+        &[1, 2, 7, 6],
+        &[3, 2, 3, 3],
+        attributes,
+        17,
+    );
 }
 
 #[test]
 fn conv_grouped() {
     let attributes = vec![int("group", 2), ints("pads", &[1, 1, 1, 1])];
-    check_conv("conv groups 2", &[1, 4, 5, 5], &[6, 2, 3, 3], attributes, 13);
+    check_conv(
+        "conv groups 2",
+        &[1, 4, 5, 5],
+        &[6, 2, 3, 3],
+        attributes,
+        13,
+    );
 }
 
 #[test]
 fn conv_depthwise_with_multiplier() {
     let attributes = vec![int("group", 3), ints("pads", &[2, 1, 0, 1])];
-    check_conv("depthwise conv, multiplier 2", &[1, 3, 6, 6], &[6, 1, 3, 3], attributes, 18);
+    check_conv(
+        "depthwise conv, multiplier 2",
+        &[1, 3, 6, 6],
+        &[6, 1, 3, 3],
+        attributes,
+        18,
+    );
 }
 
 #[test]
 fn conv_depthwise_stride_two() {
-    let attributes = vec![int("group", 4), ints("strides", &[2, 2]), ints("pads", &[0, 0, 1, 1])];
-    check_conv("depthwise conv stride 2", &[1, 4, 7, 7], &[4, 1, 3, 3], attributes, 18);
+    let attributes = vec![
+        int("group", 4),
+        ints("strides", &[2, 2]),
+        ints("pads", &[0, 0, 1, 1]),
+    ];
+    check_conv(
+        "depthwise conv stride 2",
+        &[1, 4, 7, 7],
+        &[4, 1, 3, 3],
+        attributes,
+        18,
+    );
 }
 
 #[test]
@@ -93,10 +137,23 @@ fn conv_auto_pad_same() {
     let x = b.input("x", &dims(&[1, 2, 7, 6]));
     let w = weights(&mut b, &[3, 2, 3, 3], 4);
     let y = b.op("Conv", &[&x, &w], upper);
-    assert_matches_finite_differences("conv SAME_UPPER stride 2", &b.build(&y), &random_input(&[1, 2, 7, 6], 5));
+    assert_matches_finite_differences(
+        "conv SAME_UPPER stride 2",
+        &b.build(&y),
+        &random_input(&[1, 2, 7, 6], 5),
+    );
 
-    let lower = vec![string("auto_pad", "SAME_LOWER"), ints("kernel_shape", &[2, 2])];
-    check_conv("conv SAME_LOWER stride 1, even kernel", &[1, 2, 5, 5], &[2, 2, 2, 2], lower, 17);
+    let lower = vec![
+        string("auto_pad", "SAME_LOWER"),
+        ints("kernel_shape", &[2, 2]),
+    ];
+    check_conv(
+        "conv SAME_LOWER stride 1, even kernel",
+        &[1, 2, 5, 5],
+        &[2, 2, 2, 2],
+        lower,
+        17,
+    );
 }
 
 #[test]
@@ -110,7 +167,11 @@ fn relu_and_leaky_relu() {
     for op in ["Relu", "LeakyRelu"] {
         let mut b = GraphBuilder::new(17);
         let x = b.input("x", &dims(&[1, 2, 3, 4]));
-        let attributes = if op == "LeakyRelu" { vec![float("alpha", 0.2)] } else { vec![] };
+        let attributes = if op == "LeakyRelu" {
+            vec![float("alpha", 0.2)]
+        } else {
+            vec![]
+        };
         let y = b.op(op, &[&x], attributes);
         let input = array(&[1, 2, 3, 4], Rng::new(1).away_from_zero(24, 0.05));
         assert_matches_finite_differences(op, &b.build(&y), &input);
@@ -201,12 +262,21 @@ fn max_pool_overlapping_windows() {
     for opset in [12, 17] {
         for static_shapes in [true, false] {
             let mut b = GraphBuilder::new(opset);
-            let input_dims = if static_shapes { dims(&[1, 2, 7, 7]) } else { vec![N, D::N(2), D::S("H"), D::S("W")] };
+            let input_dims = if static_shapes {
+                dims(&[1, 2, 7, 7])
+            } else {
+                vec![N, D::N(2), D::S("H"), D::S("W")]
+            };
             let x = b.input("x", &input_dims);
-            let attributes = vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])];
+            let attributes = vec![
+                ints("kernel_shape", &[3, 3]),
+                ints("strides", &[2, 2]),
+                ints("pads", &[1, 1, 1, 1]),
+            ];
             let y = b.op("MaxPool", &[&x], attributes);
             let input = array(&[1, 2, 7, 7], Rng::new(8).distinct(98, 0.05));
-            let case = format!("MaxPool 3x3 stride 2, opset {opset}, static shapes {static_shapes}");
+            let case =
+                format!("MaxPool 3x3 stride 2, opset {opset}, static shapes {static_shapes}");
             assert_matches_finite_differences(&case, &b.build(&y), &input);
         }
     }
@@ -215,9 +285,19 @@ fn max_pool_overlapping_windows() {
 #[test]
 fn max_pool_non_overlapping_and_stride_one() {
     let cases = [
-        ("MaxPool 2x2 stride 2", vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])]),
+        (
+            "MaxPool 2x2 stride 2",
+            vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+        ),
         ("MaxPool 2x2 stride 1", vec![ints("kernel_shape", &[2, 2])]),
-        ("MaxPool 3x2 dilated", vec![ints("kernel_shape", &[3, 2]), ints("dilations", &[2, 1]), ints("strides", &[1, 2])]),
+        (
+            "MaxPool 3x2 dilated",
+            vec![
+                ints("kernel_shape", &[3, 2]),
+                ints("dilations", &[2, 1]),
+                ints("strides", &[1, 2]),
+            ],
+        ),
     ];
     for (case, attributes) in cases {
         let mut b = GraphBuilder::new(13);
@@ -233,7 +313,11 @@ fn average_pool_padding_modes() {
     for include in [0, 1] {
         for static_shapes in [true, false] {
             let mut b = GraphBuilder::new(17);
-            let input_dims = if static_shapes { dims(&[1, 2, 7, 6]) } else { vec![N, D::N(2), D::S("H"), D::S("W")] };
+            let input_dims = if static_shapes {
+                dims(&[1, 2, 7, 6])
+            } else {
+                vec![N, D::N(2), D::S("H"), D::S("W")]
+            };
             let x = b.input("x", &input_dims);
             let attributes = vec![
                 ints("kernel_shape", &[3, 3]),
@@ -242,8 +326,13 @@ fn average_pool_padding_modes() {
                 int("count_include_pad", include),
             ];
             let y = b.op("AveragePool", &[&x], attributes);
-            let case = format!("AveragePool count_include_pad={include}, static shapes {static_shapes}");
-            assert_matches_finite_differences(&case, &b.build(&y), &random_input(&[1, 2, 7, 6], 10));
+            let case =
+                format!("AveragePool count_include_pad={include}, static shapes {static_shapes}");
+            assert_matches_finite_differences(
+                &case,
+                &b.build(&y),
+                &random_input(&[1, 2, 7, 6], 10),
+            );
         }
     }
 }
@@ -252,10 +341,424 @@ fn average_pool_padding_modes() {
 fn global_average_pool() {
     for static_shapes in [true, false] {
         let mut b = GraphBuilder::new(17);
-        let input_dims = if static_shapes { dims(&[1, 3, 4, 5]) } else { vec![N, D::N(3), D::S("H"), D::S("W")] };
+        let input_dims = if static_shapes {
+            dims(&[1, 3, 4, 5])
+        } else {
+            vec![N, D::N(3), D::S("H"), D::S("W")]
+        };
         let x = b.input("x", &input_dims);
         let y = b.op("GlobalAveragePool", &[&x], vec![]);
         let case = format!("GlobalAveragePool, static shapes {static_shapes}");
         assert_matches_finite_differences(&case, &b.build(&y), &random_input(&[1, 3, 4, 5], 12));
     }
+}
+
+#[test]
+fn gemm_transposes_and_scales() {
+    for (trans_a, trans_b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        let mut b = GraphBuilder::new(13);
+        // With transA the input is [4, N]: the batch axis moves, so the
+        // perturbed copies are stacked through a Transpose after the input.
+        let x = b.input("x", &[N, D::N(4)]);
+        let a = if trans_a == 1 {
+            b.op("Transpose", &[&x], vec![])
+        } else {
+            x.clone()
+        };
+        let w_shape: &[i64] = if trans_b == 1 { &[3, 4] } else { &[4, 3] };
+        let w = weights(&mut b, w_shape, 13);
+        let c = b.floats(&[3], vec![0.5, -0.25, 1.0]);
+        let attributes = vec![
+            int("transA", trans_a),
+            int("transB", trans_b),
+            float("alpha", 0.7),
+            float("beta", 1.3),
+        ];
+        let y = b.op("Gemm", &[&a, &w, &c], attributes);
+        let case = format!("Gemm transA={trans_a} transB={trans_b}");
+        assert_matches_finite_differences(&case, &b.build(&y), &random_input(&[1, 4], 14));
+    }
+}
+
+#[test]
+fn gemm_with_both_operands_on_the_path() {
+    // The batch axis is fixed: A·Bᵀ mixes batch items.
+    let mut b = GraphBuilder::new(13);
+    let x = b.input("x", &[D::N(3), D::N(4)]);
+    let half = b.scalar(0.5);
+    let scaled = b.op("Mul", &[&x, &half], vec![]);
+    let axes = b.ints(&[1]);
+    let c = b.op("ReduceSum", &[&x, &axes], vec![int("keepdims", 1)]);
+    let y = b.op(
+        "Gemm",
+        &[&x, &scaled, &c],
+        vec![int("transB", 1), float("beta", 0.5)],
+    );
+    assert_matches_finite_differences(
+        "Gemm A, B and C from the input",
+        &b.build(&y),
+        &random_input(&[3, 4], 15),
+    );
+}
+
+#[test]
+fn matmul_batched_and_broadcast() {
+    let mut b = GraphBuilder::new(17);
+    let x = b.input("x", &dims(&[1, 3, 4]));
+    let w = weights(&mut b, &[4, 5], 16);
+    let y = b.op("MatMul", &[&x, &w], vec![]);
+    assert_matches_finite_differences(
+        "MatMul [N,3,4] x [4,5]",
+        &b.build(&y),
+        &random_input(&[1, 3, 4], 17),
+    );
+
+    // Both operands from the input, with the right one broadcast over a new axis.
+    let mut b = GraphBuilder::new(17);
+    let x = b.input("x", &dims(&[1, 2, 3, 3]));
+    let first_param = b.ints(&[1]);
+    let first = b.op("ReduceSum", &[&x, &first_param], vec![int("keepdims", 1)]);
+    let y = b.op("MatMul", &[&x, &first], vec![]);
+    b.declare(&first, &[N, D::N(1), D::N(3), D::N(3)]);
+    assert_matches_finite_differences(
+        "MatMul [N,2,3,3] x [N,1,3,3]",
+        &b.build(&y),
+        &random_input(&[1, 2, 3, 3], 18),
+    );
+}
+
+/// Builds `a op b` where `a` is `[N, 3, 1]` and `b` is `[N, 1, 4]`, both from the
+/// input, so each operand is broadcast along a different axis.
+fn two_way_broadcast(op: &str, opset: i64, declare: bool) -> onnx_protobuf::ModelProto {
+    let mut b = GraphBuilder::new(opset);
+    let x = b.input("x", &dims(&[1, 3, 4]));
+    let reduce = |b: &mut GraphBuilder, axis: i64| {
+        if opset >= 18 {
+            let axes = b.ints(&[axis]);
+            b.op("ReduceMean", &[&x, &axes], vec![])
+        } else {
+            b.op("ReduceMean", &[&x], vec![ints("axes", &[axis])])
+        }
+    };
+    let rows = reduce(&mut b, 2);
+    let columns = reduce(&mut b, 1);
+    // Div needs a divisor away from zero.
+    let columns = if op == "Div" {
+        b.op("Exp", &[&columns], vec![])
+    } else {
+        columns
+    };
+    if declare {
+        b.declare(&rows, &[N, D::N(3), D::N(1)]);
+        b.declare(&columns, &[N, D::N(1), D::N(4)]);
+    }
+    let y = b.op(op, &[&rows, &columns], vec![]);
+    let bias = b.floats(&[4], vec![0.1, 0.2, 0.3, 0.4]);
+    let z = b.op(op, &[&y, &bias], vec![]);
+    let scale = b.floats(&[3, 1], vec![1.5, -0.5, 2.0]);
+    let w = b.op(op, &[&scale, &z], vec![]);
+    b.build(&w)
+}
+
+#[test]
+fn arithmetic_broadcasting_both_directions() {
+    for op in ["Add", "Sub", "Mul", "Div"] {
+        for (opset, declare) in [(13, false), (13, true), (18, false), (11, true)] {
+            let case = format!("{op} two-way broadcast, opset {opset}, declared shapes {declare}");
+            let model = two_way_broadcast(op, opset, declare);
+            assert_matches_finite_differences(&case, &model, &random_input(&[1, 3, 4], 19));
+        }
+    }
+}
+
+#[test]
+fn sum_where_expand_and_pass_through() {
+    let mut b = GraphBuilder::new(17);
+    let x = b.input("x", &dims(&[1, 2, 3]));
+    let t = b.op("Tanh", &[&x], vec![]);
+    let row = b.floats(&[3], vec![1.0, 2.0, 3.0]);
+    let total = b.op("Sum", &[&x, &t, &row], vec![]);
+    let condition_param = b.scalar(0.0);
+    let condition = b.op("Greater", &[&x, &condition_param], vec![]);
+    let chosen = b.op("Where", &[&condition, &total, &t], vec![]);
+    let dropped = b.op("Dropout", &[&chosen], vec![]);
+    let same = b.op("Identity", &[&dropped], vec![]);
+    let cast = b.op("Cast", &[&same], vec![int("to", 1)]);
+    let axes = b.ints(&[1]);
+    let rows = b.op("ReduceSum", &[&cast, &axes], vec![int("keepdims", 1)]);
+    let wide_param = b.ints(&[1, 4, 3]);
+    let wide = b.op("Expand", &[&rows, &wide_param], vec![]);
+    let input = array(&[1, 2, 3], Rng::new(20).away_from_zero(6, 0.05));
+    assert_matches_finite_differences(
+        "Sum, Where, Dropout, Identity, Cast, Expand",
+        &b.build(&wide),
+        &input,
+    );
+}
+
+#[test]
+fn softmax_and_log_softmax_both_opset_forms() {
+    for op in ["Softmax", "LogSoftmax"] {
+        for (opset, axis) in [
+            (11, Some(1)),
+            (11, None),
+            (12, Some(-1)),
+            (13, None),
+            (13, Some(1)),
+            (18, Some(-2)),
+        ] {
+            let mut b = GraphBuilder::new(opset);
+            let x = b.input("x", &dims(&[1, 2, 3, 4]));
+            let attributes = axis.map(|a| vec![int("axis", a)]).unwrap_or_default();
+            let y = b.op(op, &[&x], attributes);
+            // An explicit output keeps the softmax itself differentiated.
+            let request = picasso_gradient::Request {
+                output: Some(y.clone()),
+                ..Default::default()
+            };
+            let case = format!("{op} opset {opset} axis {axis:?}");
+            common::assert_request_matches(
+                &case,
+                &b.build(&y),
+                &random_input(&[1, 2, 3, 4], 21),
+                &request,
+            );
+        }
+    }
+}
+
+#[test]
+fn reductions_both_opset_forms() {
+    let cases: [(&str, i64, Option<&[i64]>, i64); 8] = [
+        ("ReduceMean", 13, Some(&[2, -1]), 1),
+        ("ReduceMean", 13, Some(&[1]), 0),
+        ("ReduceMean", 18, Some(&[-2]), 0),
+        ("ReduceMean", 18, None, 1),
+        ("ReduceSum", 11, Some(&[1, 3]), 0),
+        ("ReduceSum", 12, None, 0),
+        ("ReduceSum", 13, Some(&[-1]), 0),
+        ("ReduceSum", 13, Some(&[1, 2]), 1),
+    ];
+    for (op, opset, axes, keepdims) in cases {
+        let as_input = (op == "ReduceSum" && opset >= 13) || opset >= 18;
+        let mut b = GraphBuilder::new(opset);
+        // Reducing every axis mixes batch items, so those cases fix the batch size.
+        let input_dims = if axes.is_none() {
+            vec![D::N(1), D::N(2), D::N(3), D::N(4)]
+        } else {
+            dims(&[1, 2, 3, 4])
+        };
+        let x = b.input("x", &input_dims);
+        let mut attributes = vec![int("keepdims", keepdims)];
+        let y = match (axes, as_input) {
+            (Some(axes), true) => {
+                let axes = b.ints(axes);
+                b.op(op, &[&x, &axes], attributes)
+            }
+            (Some(axes), false) => {
+                attributes.push(ints("axes", axes));
+                b.op(op, &[&x], attributes)
+            }
+            (None, _) => b.op(op, &[&x], attributes),
+        };
+        // Square the result so the gradient varies across elements.
+        let squared = b.op("Mul", &[&y, &y], vec![]);
+        let case = format!("{op} opset {opset} axes {axes:?} keepdims {keepdims}");
+        assert_matches_finite_differences(
+            &case,
+            &b.build(&squared),
+            &random_input(&[1, 2, 3, 4], 22),
+        );
+    }
+}
+
+#[test]
+fn batch_normalization_inference() {
+    let mut b = GraphBuilder::new(15);
+    let x = b.input("x", &dims(&[1, 3, 4, 4]));
+    let w = weights(&mut b, &[3, 3, 3, 3], 23);
+    let conv = b.op("Conv", &[&x, &w], vec![ints("pads", &[1, 1, 1, 1])]);
+    let scale = b.floats(&[3], vec![0.5, 1.5, -2.0]);
+    let bias = b.floats(&[3], vec![0.1, 0.0, -0.1]);
+    let mean = b.floats(&[3], vec![0.2, -0.3, 0.0]);
+    let var = b.floats(&[3], vec![0.5, 2.0, 1.0]);
+    let y = b.op(
+        "BatchNormalization",
+        &[&conv, &scale, &bias, &mean, &var],
+        vec![float("epsilon", 1e-3)],
+    );
+    assert_matches_finite_differences(
+        "Conv then BatchNormalization",
+        &b.build(&y),
+        &random_input(&[1, 3, 4, 4], 24),
+    );
+}
+
+#[test]
+fn reshaping_operators_both_opset_forms() {
+    for opset in [11, 13] {
+        let mut b = GraphBuilder::new(opset);
+        let x = b.input("x", &dims(&[1, 2, 3, 4]));
+        let flat = b.op("Flatten", &[&x], vec![int("axis", 1)]);
+        let wide = if opset >= 13 {
+            let axes = b.ints(&[1, -1]);
+            b.op("Unsqueeze", &[&flat, &axes], vec![])
+        } else {
+            b.op("Unsqueeze", &[&flat], vec![ints("axes", &[1, -1])])
+        };
+        let narrow = if opset >= 13 {
+            let axes = b.ints(&[-1]);
+            b.op("Squeeze", &[&wide, &axes], vec![])
+        } else {
+            b.op("Squeeze", &[&wide], vec![ints("axes", &[-1])])
+        };
+        let shape = b.ints(&[0, 4, 6]);
+        let grid = b.op("Reshape", &[&narrow, &shape], vec![]);
+        let y = b.op("Transpose", &[&grid], vec![ints("perm", &[0, 2, 1])]);
+        let t = b.op("Tanh", &[&y], vec![]);
+        let case = format!("Flatten, Unsqueeze, Squeeze, Transpose, Reshape at opset {opset}");
+        assert_matches_finite_differences(&case, &b.build(&t), &random_input(&[1, 2, 3, 4], 25));
+    }
+}
+
+#[test]
+fn reshape_through_shape_arithmetic() {
+    // The target shape is computed from Shape, Gather and Concat, as PyTorch's
+    // exporter writes `x.view(x.size(0), -1)`: a path that carries no gradient.
+    let mut b = GraphBuilder::new(13);
+    let x = b.input("x", &dims(&[1, 2, 3]));
+    let shape = b.op("Shape", &[&x], vec![]);
+    let batch_param = b.ints(&[0]);
+    let batch = b.op("Gather", &[&shape, &batch_param], vec![int("axis", 0)]);
+    let target_param = b.ints(&[-1]);
+    let target = b.op("Concat", &[&batch, &target_param], vec![int("axis", 0)]);
+    let y = b.op("Reshape", &[&x, &target], vec![]);
+    let z = b.op("Sigmoid", &[&y], vec![]);
+    assert_matches_finite_differences(
+        "Reshape to a computed shape",
+        &b.build(&z),
+        &random_input(&[1, 2, 3], 26),
+    );
+}
+
+#[test]
+fn concat_and_split() {
+    for declare in [true, false] {
+        let mut b = GraphBuilder::new(13);
+        let x = b.input("x", &dims(&[1, 2, 3]));
+        let t = b.op("Tanh", &[&x], vec![]);
+        let s_param = b.ints(&[-1]);
+        let s = b.op("ReduceSum", &[&x, &s_param], vec![int("keepdims", 1)]);
+        if declare {
+            b.declare(&t, &dims(&[1, 2, 3]));
+            b.declare(&s, &dims(&[1, 2, 1]));
+        }
+        let y = b.op("Concat", &[&x, &t, &s], vec![int("axis", -1)]);
+        let case = format!("Concat of three along -1, declared shapes {declare}");
+        assert_matches_finite_differences(&case, &b.build(&y), &random_input(&[1, 2, 3], 27));
+    }
+
+    let forms: [(i64, &str); 3] = [(11, "attribute"), (13, "input"), (18, "num_outputs")];
+    for (opset, form) in forms {
+        let mut b = GraphBuilder::new(opset);
+        let x = b.input("x", &dims(&[1, 6, 2]));
+        let parts = match form {
+            "attribute" => b.op_n(
+                "Split",
+                &[&x],
+                vec![int("axis", 1), ints("split", &[1, 2, 3])],
+                3,
+            ),
+            "input" => {
+                let sizes = b.ints(&[1, 2, 3]);
+                b.op_n("Split", &[&x, &sizes], vec![int("axis", 1)], 3)
+            }
+            _ => b.op_n(
+                "Split",
+                &[&x],
+                vec![int("axis", 1), int("num_outputs", 3)],
+                3,
+            ),
+        };
+        // Only two of the three parts reach the output: the third gets zeros.
+        let y = b.op("Concat", &[&parts[2], &parts[0]], vec![int("axis", 1)]);
+        let z = b.op("Mul", &[&y, &y], vec![]);
+        let case = format!("Split with sizes as {form} (opset {opset})");
+        assert_matches_finite_differences(&case, &b.build(&z), &random_input(&[1, 6, 2], 28));
+    }
+}
+
+#[test]
+fn slice_with_negative_and_stepped_parameters() {
+    let mut b = GraphBuilder::new(13);
+    let x = b.input("x", &dims(&[1, 4, 7]));
+    let starts = b.ints(&[-1, 1]);
+    let ends = b.ints(&[i64::MIN, 100]);
+    let axes = b.ints(&[1, -1]);
+    let steps = b.ints(&[-2, 2]);
+    let y = b.op("Slice", &[&x, &starts, &ends, &axes, &steps], vec![]);
+    let z = b.op("Mul", &[&y, &y], vec![]);
+    assert_matches_finite_differences(
+        "Slice with negative steps",
+        &b.build(&z),
+        &random_input(&[1, 4, 7], 29),
+    );
+}
+
+#[test]
+fn gather_on_data() {
+    for (opset, indices) in [(13, [2i64, 0, 2]), (13, [3, 1, 0]), (17, [-1, 0, -1])] {
+        let mut b = GraphBuilder::new(opset);
+        let x = b.input("x", &dims(&[1, 4, 3]));
+        let idx = b.ints(&indices);
+        let y = b.op("Gather", &[&x, &idx], vec![int("axis", 1)]);
+        let z = b.op("Mul", &[&y, &y], vec![]);
+        let case = format!("Gather indices {indices:?} at opset {opset}");
+        if opset < 16 && indices == [2, 0, 2] {
+            let error = picasso_gradient::derive(&b.build(&z), &Default::default())
+                .expect_err("repeated Gather indices need opset 16");
+            assert!(error.to_string().contains("opset 16"), "{case}: {error}");
+            continue;
+        }
+        assert_matches_finite_differences(&case, &b.build(&z), &random_input(&[1, 4, 3], 30));
+    }
+}
+
+#[test]
+fn pad_modes() {
+    let cases: [(i64, &str, &[i64]); 5] = [
+        (11, "constant", &[0, 0, 1, 2, 0, 1, 0, 1]),
+        (13, "reflect", &[0, 0, 1, 2, 0, 0, 2, 1]),
+        (18, "edge", &[0, 0, 2, 1, 0, 0, 1, 2]),
+        (17, "constant", &[0, 0, -1, 1, 0, 1, 1, -1]),
+        (19, "wrap", &[0, 0, 1, 1, 0, 0, 1, 0]),
+    ];
+    for (opset, mode, pads) in cases {
+        let mut b = GraphBuilder::new(opset);
+        let x = b.input("x", &dims(&[1, 2, 3, 4]));
+        let pads_tensor = b.ints(pads);
+        let y = b.op("Pad", &[&x, &pads_tensor], vec![string("mode", mode)]);
+        let z = b.op("Mul", &[&y, &y], vec![]);
+        let case = format!("Pad mode {mode} pads {pads:?} at opset {opset}");
+        if opset < 16 && mode != "constant" {
+            let error = picasso_gradient::derive(&b.build(&z), &Default::default())
+                .expect_err("reflect padding needs opset 16");
+            assert!(error.to_string().contains("opset 16"), "{case}: {error}");
+            continue;
+        }
+        assert_matches_finite_differences(&case, &b.build(&z), &random_input(&[1, 2, 3, 4], 31));
+    }
+
+    // Opset 18 adds an `axes` input.
+    let mut b = GraphBuilder::new(18);
+    let x = b.input("x", &dims(&[1, 2, 3, 4]));
+    let pads = b.ints(&[1, 2, 0, 1]);
+    let axes = b.ints(&[-1, 1]);
+    let y = b.op("Pad", &[&x, &pads, "", &axes], vec![]);
+    let z = b.op("Mul", &[&y, &y], vec![]);
+    assert_matches_finite_differences(
+        "Pad with axes (opset 18)",
+        &b.build(&z),
+        &random_input(&[1, 2, 3, 4], 32),
+    );
 }

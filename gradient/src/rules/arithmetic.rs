@@ -8,6 +8,8 @@ use crate::derive::{Backward, NodeGrads};
 pub(super) fn binary(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientError> {
     let g = n.grad().to_owned();
     let y = n.output(0).to_owned();
+    // Operands that are all the same tensor (x * x) broadcast nothing.
+    let same_operands = n.node.input.iter().all(|i| i == n.input(0));
     for i in 0..n.node.input.len() {
         if !n.wants(i) {
             continue;
@@ -24,7 +26,11 @@ pub(super) fn binary(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientErr
                 bw.em.neg(&product)
             }
         };
-        let reduced = unbroadcast(bw, &local, n.input(i), &y)?;
+        let reduced = if same_operands {
+            local
+        } else {
+            unbroadcast(bw, &local, n.input(i), &y)?
+        };
         bw.accumulate(n.input(i), reduced);
     }
     Ok(())

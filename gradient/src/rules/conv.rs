@@ -32,12 +32,13 @@ impl Window {
             .shape(n.input(0))
             .and_then(|s| s.get(2..).map(<[Dim]>::to_vec))
             .unwrap_or_else(|| vec![Dim::Unknown; spatial]);
-        let (pads_begin, pads_end) = window_pads(n.node, &spatial_in, &kernel).ok_or_else(|| {
-            GradientError::MissingShape {
-                tensor: n.input(0).to_owned(),
-                purpose: format!("resolve the padding of `{}`", n.label()),
-            }
-        })?;
+        let (pads_begin, pads_end) =
+            window_pads(n.node, &spatial_in, &kernel).ok_or_else(|| {
+                GradientError::MissingShape {
+                    tensor: n.input(0).to_owned(),
+                    purpose: format!("resolve the padding of `{}`", n.label()),
+                }
+            })?;
         Ok(Window {
             strides: attr_ints(n.node, "strides").unwrap_or_else(|| vec![1; spatial]),
             dilations: attr_ints(n.node, "dilations").unwrap_or_else(|| vec![1; spatial]),
@@ -113,8 +114,13 @@ fn flipped_weights(bw: &Backward, weight: &str, group: i64) -> Option<(Vec<i64>,
         return None;
     };
     let dims = &constant.dims;
-    let (out, in_per_group) = (usize::try_from(dims[0]).ok()?, usize::try_from(dims[1]).ok()?);
-    let group = usize::try_from(group).ok().filter(|&g| g > 0 && out % g == 0)?;
+    let (out, in_per_group) = (
+        usize::try_from(dims[0]).ok()?,
+        usize::try_from(dims[1]).ok()?,
+    );
+    let group = usize::try_from(group)
+        .ok()
+        .filter(|&g| g > 0 && out % g == 0)?;
     let out_per_group = out / group;
     let volume: usize = dims[2..].iter().map(|&d| d as usize).product();
 
@@ -174,7 +180,12 @@ pub(super) fn transposed_conv(
                 span.rem_euclid(window.strides[i])
             })
             .collect();
-        let pads: Vec<i64> = window.pads_begin.iter().chain(&window.pads_end).copied().collect();
+        let pads: Vec<i64> = window
+            .pads_begin
+            .iter()
+            .chain(&window.pads_end)
+            .copied()
+            .collect();
         attributes.push(ints_attr("pads", &pads));
         if output_padding.iter().any(|&p| p != 0) {
             attributes.push(ints_attr("output_padding", &output_padding));
@@ -182,7 +193,12 @@ pub(super) fn transposed_conv(
         return bw.em.op("ConvTranspose", &[g, weight], attributes);
     }
 
-    let pads: Vec<i64> = window.pads_begin.iter().copied().chain(vec![0; spatial]).collect();
+    let pads: Vec<i64> = window
+        .pads_begin
+        .iter()
+        .copied()
+        .chain(vec![0; spatial])
+        .collect();
     let output_padding: Vec<i64> = window.strides.iter().map(|s| s - 1).collect();
     attributes.push(ints_attr("pads", &pads));
     attributes.push(ints_attr("output_padding", &output_padding));

@@ -2,7 +2,9 @@
 
 use crate::GradientError;
 use crate::derive::{Backward, NodeGrads};
-use crate::proto::{attr_int, attr_ints, attr_string, int_attr, ints_attr, optional_input, string_attr};
+use crate::proto::{
+    attr_int, attr_ints, attr_string, int_attr, ints_attr, optional_input, string_attr,
+};
 
 /// Reshape, Flatten, Squeeze and Unsqueeze: the gradient reshaped to the input's shape.
 pub(super) fn reshape(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientError> {
@@ -37,7 +39,8 @@ pub(super) fn transpose(bw: &mut Backward, n: &NodeGrads) -> Result<(), Gradient
 
 /// Concat: each input gets its slice of the gradient along the axis.
 pub(super) fn concat(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientError> {
-    let axis = attr_int(n.node, "axis").ok_or_else(|| n.unsupported("the attribute axis is missing"))?;
+    let axis =
+        attr_int(n.node, "axis").ok_or_else(|| n.unsupported("the attribute axis is missing"))?;
     let axes = bw.em.ints(&[axis]);
     let static_sizes: Option<Vec<i64>> = n
         .node
@@ -68,7 +71,9 @@ pub(super) fn concat(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientErr
     let mut start = bw.em.ints(&[0]);
     for i in 0..n.node.input.len() {
         let shape = bw.em.shape(n.input(i));
-        let size = bw.em.op("Gather", &[&shape, &axes], vec![int_attr("axis", 0)]);
+        let size = bw
+            .em
+            .op("Gather", &[&shape, &axes], vec![int_attr("axis", 0)]);
         let end = bw.em.add(&start, &size);
         if n.wants(i) {
             let part = bw.em.slice(n.grad(), &start, &end, &axes);
@@ -156,7 +161,14 @@ fn index_image(
 
 /// Scatters `g` into zeros shaped like `x` at the flat `positions` (shifted down
 /// by `offset`, whose slots below zero are dropped).
-fn scatter_to(bw: &mut Backward, x: &str, positions: &str, g: &str, add: bool, offset: i64) -> String {
+fn scatter_to(
+    bw: &mut Backward,
+    x: &str,
+    positions: &str,
+    g: &str,
+    add: bool,
+    offset: i64,
+) -> String {
     let size = bw.em.size_1d(x);
     let slots = if offset == 0 {
         size
@@ -171,7 +183,11 @@ fn scatter_to(bw: &mut Backward, x: &str, positions: &str, g: &str, add: bool, o
     if add {
         attributes.push(string_attr("reduction", "add"));
     }
-    let scattered = bw.em.op("ScatterElements", &[&zeros, &flat_positions, &flat_g], attributes);
+    let scattered = bw.em.op(
+        "ScatterElements",
+        &[&zeros, &flat_positions, &flat_g],
+        attributes,
+    );
     let kept = if offset == 0 {
         scattered
     } else {
@@ -194,7 +210,9 @@ pub(super) fn pad(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientError>
     }
     let mode = attr_string(n.node, "mode").unwrap_or_else(|| "constant".into());
     let pads = if bw.em.opset >= 11 {
-        optional_input(n.node, 1).and_then(|p| bw.graph.constant(p)).and_then(|c| c.ints())
+        optional_input(n.node, 1)
+            .and_then(|p| bw.graph.constant(p))
+            .and_then(|c| c.ints())
     } else {
         attr_ints(n.node, "pads")
     };
@@ -208,7 +226,9 @@ pub(super) fn pad(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientError>
             let starts = bw.em.ints(&pads[..axes.len()]);
             let axes = bw.em.ints(axes);
             let shape = bw.em.shape(n.input(0));
-            let sizes = bw.em.op("Gather", &[&shape, &axes], vec![int_attr("axis", 0)]);
+            let sizes = bw
+                .em
+                .op("Gather", &[&shape, &axes], vec![int_attr("axis", 0)]);
             let ends = bw.em.add(&starts, &sizes);
             let result = bw.em.slice(n.grad(), &starts, &ends, &axes);
             bw.accumulate(n.input(0), result);

@@ -49,7 +49,11 @@ pub(super) fn gemm(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientError
 
 /// MatMul with numpy batching. Operands of rank 1 are not supported.
 pub(super) fn matmul(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientError> {
-    let (a, b, g) = (n.input(0).to_owned(), n.input(1).to_owned(), n.grad().to_owned());
+    let (a, b, g) = (
+        n.input(0).to_owned(),
+        n.input(1).to_owned(),
+        n.grad().to_owned(),
+    );
     let rank = |bw: &Backward, t: &str| {
         bw.graph.rank(t).ok_or_else(|| GradientError::MissingShape {
             tensor: t.to_owned(),
@@ -123,15 +127,19 @@ pub(super) fn batch_norm(bw: &mut Backward, n: &NodeGrads) -> Result<(), Gradien
         }
     }
     if attr_int(n.node, "training_mode").unwrap_or(0) == 1 {
-        return Err(n.unsupported("training_mode=1 is not supported; export the model in eval mode"));
+        return Err(
+            n.unsupported("training_mode=1 is not supported; export the model in eval mode")
+        );
     }
     let x = n.input(0);
-    let rank = bw.graph.rank(x).or_else(|| bw.graph.rank(n.output(0))).ok_or_else(|| {
-        GradientError::MissingShape {
+    let rank = bw
+        .graph
+        .rank(x)
+        .or_else(|| bw.graph.rank(n.output(0)))
+        .ok_or_else(|| GradientError::MissingShape {
             tensor: x.to_owned(),
             purpose: format!("broadcast the scale of `{}` over channels", n.label()),
-        }
-    })?;
+        })?;
     let epsilon = attr_float(n.node, "epsilon").unwrap_or(1e-5);
     let mut factor_dims = vec![-1i64];
     factor_dims.extend(std::iter::repeat_n(1, rank.saturating_sub(2)));
@@ -139,7 +147,8 @@ pub(super) fn batch_norm(bw: &mut Backward, n: &NodeGrads) -> Result<(), Gradien
     let factor = match folded_factor(bw, n, epsilon) {
         Some(values) => {
             factor_dims[0] = values.len() as i64;
-            bw.em.float_constant("batchnorm_factor", &factor_dims, &values)
+            bw.em
+                .float_constant("batchnorm_factor", &factor_dims, &values)
         }
         None => {
             let eps = bw.em.scalar(epsilon);

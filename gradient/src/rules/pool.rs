@@ -3,7 +3,9 @@
 use super::conv::{Window, spatial_sizes, transposed_conv};
 use crate::GradientError;
 use crate::derive::{Backward, NodeGrads};
-use crate::proto::{FLOAT, attr_int, attr_ints, float_tensor, int_attr, ints_attr, string_attr, tensor_attr};
+use crate::proto::{
+    FLOAT, attr_int, attr_ints, float_tensor, int_attr, ints_attr, string_attr, tensor_attr,
+};
 use crate::shapes::fixed_dims;
 
 /// MaxPool: each window's gradient goes to the position its maximum came from.
@@ -64,13 +66,23 @@ fn scatter(bw: &mut Backward, zeros: &str, indices: &str, g: &str, add: bool) ->
     if add {
         attributes.push(string_attr("reduction", "add"));
     }
-    bw.em.op("ScatterElements", &[zeros, &flat_indices, &flat_g], attributes)
+    bw.em.op(
+        "ScatterElements",
+        &[zeros, &flat_indices, &flat_g],
+        attributes,
+    )
 }
 
 /// Scatters overlapping windows without `reduction`: windows whose output
 /// positions agree modulo `classes` (ceil(extent / stride) per axis) never
 /// overlap, so each class scatters unique indices.
-fn scatter_by_class(bw: &mut Backward, zeros: &str, indices: &str, g: &str, classes: &[i64]) -> String {
+fn scatter_by_class(
+    bw: &mut Backward,
+    zeros: &str,
+    indices: &str,
+    g: &str,
+    classes: &[i64],
+) -> String {
     let spatial = classes.len();
     let axes: Vec<i64> = (2..2 + spatial as i64).collect();
     let axes = bw.em.ints(&axes);
@@ -87,8 +99,12 @@ fn scatter_by_class(bw: &mut Backward, zeros: &str, indices: &str, g: &str, clas
             rest /= classes[i];
         }
         let starts = bw.em.ints(&offsets);
-        let part_indices = bw.em.op("Slice", &[indices, &starts, &ends, &axes, &steps], vec![]);
-        let part_g = bw.em.op("Slice", &[g, &starts, &ends, &axes, &steps], vec![]);
+        let part_indices = bw
+            .em
+            .op("Slice", &[indices, &starts, &ends, &axes, &steps], vec![]);
+        let part_g = bw
+            .em
+            .op("Slice", &[g, &starts, &ends, &axes, &steps], vec![]);
         parts.push(scatter(bw, zeros, &part_indices, &part_g, false));
     }
     let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
@@ -104,7 +120,11 @@ pub(super) fn average_pool(bw: &mut Backward, n: &NodeGrads) -> Result<(), Gradi
     check_ceil_mode(bw, n, &window)?;
     let x = n.input(0);
     let volume: i64 = kernel.iter().product();
-    let padded = window.pads_begin.iter().chain(&window.pads_end).any(|&p| p != 0);
+    let padded = window
+        .pads_begin
+        .iter()
+        .chain(&window.pads_end)
+        .any(|&p| p != 0);
     let include_pad = attr_int(n.node, "count_include_pad").unwrap_or(0) == 1;
 
     let mut weight_dims = vec![1, 1];
@@ -117,12 +137,17 @@ pub(super) fn average_pool(bw: &mut Backward, n: &NodeGrads) -> Result<(), Gradi
     let folded = bw.em.reshape(n.grad(), &folded_shape);
 
     let (scaled, weight) = if padded && !include_pad {
-        let ones_weight = bw.em.float_constant("ones_kernel", &weight_dims, &vec![1.0; volume as usize]);
+        let ones_weight =
+            bw.em
+                .float_constant("ones_kernel", &weight_dims, &vec![1.0; volume as usize]);
         let counts = window_counts(bw, x, &ones_weight, &window);
         (bw.em.div(&folded, &counts), ones_weight)
     } else {
         let mean = vec![1.0 / volume as f32; volume as usize];
-        (folded, bw.em.float_constant("mean_kernel", &weight_dims, &mean))
+        (
+            folded,
+            bw.em.float_constant("mean_kernel", &weight_dims, &mean),
+        )
     };
 
     let sizes = spatial_sizes(bw, x);
@@ -138,8 +163,17 @@ fn window_counts(bw: &mut Backward, x: &str, ones_weight: &str, window: &Window)
     let tail = bw.em.shape_tail(x, 2);
     let plane = bw.em.concat(&[&head, &tail], 0);
     let one = float_tensor("", &[1], &[1.0]);
-    let ones = bw.em.op("ConstantOfShape", &[&plane], vec![tensor_attr("value", one)]);
-    let pads: Vec<i64> = window.pads_begin.iter().chain(&window.pads_end).copied().collect();
+    let ones = bw.em.op(
+        "ConstantOfShape",
+        &[&plane],
+        vec![tensor_attr("value", one)],
+    );
+    let pads: Vec<i64> = window
+        .pads_begin
+        .iter()
+        .chain(&window.pads_end)
+        .copied()
+        .collect();
     let attributes = vec![
         ints_attr("strides", &window.strides),
         ints_attr("dilations", &window.dilations),
@@ -183,8 +217,12 @@ pub(super) fn global_average_pool(bw: &mut Backward, n: &NodeGrads) -> Result<()
         Some(count) => bw.em.scale(n.grad(), 1.0 / count as f32),
         None => {
             let tail = bw.em.shape_tail(x, 2);
-            let as_float = bw.em.op("Cast", &[&tail], vec![int_attr("to", i64::from(FLOAT))]);
-            let count = bw.em.op("ReduceProd", &[&as_float], vec![int_attr("keepdims", 0)]);
+            let as_float = bw
+                .em
+                .op("Cast", &[&tail], vec![int_attr("to", i64::from(FLOAT))]);
+            let count = bw
+                .em
+                .op("ReduceProd", &[&as_float], vec![int_attr("keepdims", 0)]);
             bw.em.div(n.grad(), &count)
         }
     };

@@ -39,7 +39,11 @@ pub(super) fn softmax(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientEr
         let centered = bw.em.sub(&g2, &total);
         bw.em.mul(&y2, &centered)
     };
-    let result = if legacy { bw.em.reshape_like(&result, x) } else { result };
+    let result = if legacy {
+        bw.em.reshape_like(&result, x)
+    } else {
+        result
+    };
     bw.accumulate(x, result);
     Ok(())
 }

@@ -66,10 +66,8 @@ pub fn run(
         let tensor = Tensor::from_array((*array).clone())?;
         values.push((name.to_string(), tensor));
     }
-    let feed: Vec<(String, ort::session::SessionInputValue<'_>)> = values
-        .into_iter()
-        .map(|(n, t)| (n, t.into()))
-        .collect();
+    let feed: Vec<(String, ort::session::SessionInputValue<'_>)> =
+        values.into_iter().map(|(n, t)| (n, t.into())).collect();
     let result = session.run(feed)?;
     outputs
         .iter()
@@ -114,7 +112,11 @@ impl Rng {
         (0..count)
             .map(|_| {
                 let magnitude = self.uniform(margin, 1.0);
-                if self.next_u64() & 1 == 0 { magnitude } else { -magnitude }
+                if self.next_u64() & 1 == 0 {
+                    magnitude
+                } else {
+                    -magnitude
+                }
             })
             .collect()
     }
@@ -214,7 +216,12 @@ impl GraphBuilder {
     }
 
     /// Appends a node with one output and returns the output's name.
-    pub fn op(&mut self, op_type: &str, inputs: &[&str], attributes: Vec<AttributeProto>) -> String {
+    pub fn op(
+        &mut self,
+        op_type: &str,
+        inputs: &[&str],
+        attributes: Vec<AttributeProto>,
+    ) -> String {
         self.op_n(op_type, inputs, attributes, 1).remove(0)
     }
 
@@ -225,7 +232,9 @@ impl GraphBuilder {
         attributes: Vec<AttributeProto>,
         outputs: usize,
     ) -> Vec<String> {
-        let names: Vec<String> = (0..outputs).map(|_| self.fresh(&op_type.to_lowercase())).collect();
+        let names: Vec<String> = (0..outputs)
+            .map(|_| self.fresh(&op_type.to_lowercase()))
+            .collect();
         let name = self.fresh("node");
         self.nodes.push(NodeProto {
             name,
@@ -382,9 +391,15 @@ pub const FD_TOLERANCE: f64 = 5e-4;
 /// Checks the gradient that `derive` produces for `model` (whose only output is the
 /// differentiated tensor) against central differences run through ONNX Runtime.
 ///
-/// `input` has batch size 1 and the model's first input dimension must be
-/// symbolic: the perturbed copies run as one batch.
-pub fn finite_difference(model: &ModelProto, input: &ArrayD<f32>, request: &Request, seed_value: u64) -> FiniteDifference {
+/// `input` has batch size 1. When the model's first input dimension is symbolic
+/// the perturbed copies run as one batch; when it is fixed (graphs that mix batch
+/// items, such as a Gemm of the input with itself) they run one at a time.
+pub fn finite_difference(
+    model: &ModelProto,
+    input: &ArrayD<f32>,
+    request: &Request,
+    seed_value: u64,
+) -> FiniteDifference {
     let gradient_model = derive(model, request).unwrap_or_else(|e| panic!("derive failed: {e}"));
     let input_name = gradient_model.input.clone();
     let output_name = model.graph.output[0].name.clone();
@@ -397,15 +412,18 @@ pub fn finite_difference(model: &ModelProto, input: &ArrayD<f32>, request: &Requ
     let mut rng = Rng::new(seed_value);
     let seed = array(logits.shape(), rng.values(logits.len(), -1.0, 1.0));
 
-    let mut backward = session(&gradient_model.model)
-        .unwrap_or_else(|e| panic!("gradient model rejected: {e:#}"));
+    let mut backward =
+        session(&gradient_model.model).unwrap_or_else(|e| panic!("gradient model rejected: {e:#}"));
     let outputs = run(
         &mut backward,
         &[(&input_name, input), (&gradient_model.seed, &seed)],
         &[&gradient_model.logits, &gradient_model.input_gradient],
     )
     .unwrap_or_else(|e| panic!("gradient run failed: {e:#}"));
-    let logits_agreement = agreement(outputs[0].as_slice().unwrap_or(&[]), logits.as_slice().unwrap_or(&[]));
+    let logits_agreement = agreement(
+        outputs[0].as_slice().unwrap_or(&[]),
+        logits.as_slice().unwrap_or(&[]),
+    );
     assert!(
         logits_agreement.relative_max < 1e-5,
         "the gradient model's logits differ from the forward model's: {logits_agreement:?}"
@@ -413,7 +431,18 @@ pub fn finite_difference(model: &ModelProto, input: &ArrayD<f32>, request: &Requ
     assert_eq!(outputs[1].shape(), input.shape(), "input gradient shape");
     let derived: Vec<f32> = outputs[1].iter().copied().collect();
 
-    let numeric = central_differences(&mut forward, &input_name, &output_name, input, &seed);
+    let batched = model.graph.input[0]
+        .type_
+        .tensor_type()
+        .shape
+        .dim
+        .first()
+        .is_some_and(|d| d.has_dim_param());
+    let numeric = if batched {
+        central_differences(&mut forward, &input_name, &output_name, input, &seed)
+    } else {
+        central_differences_one_by_one(&mut forward, &input_name, &output_name, input, &seed)
+    };
     let agreement = agreement(&derived, &numeric);
     FiniteDifference {
         derived,
@@ -461,15 +490,50 @@ fn central_differences(
         .collect()
 }
 
+fn central_differences_one_by_one(
+    forward: &mut Session,
+    input_name: &str,
+    output_name: &str,
+    input: &ArrayD<f32>,
+    seed: &ArrayD<f32>,
+) -> Vec<f32> {
+    let mut score = |values: ArrayD<f32>| -> f64 {
+        let out = run(forward, &[(input_name, &values)], &[output_name])
+            .unwrap_or_else(|e| panic!("finite-difference run failed: {e:#}"))
+            .remove(0);
+        out.iter()
+            .zip(seed.iter())
+            .map(|(&y, &s)| f64::from(y) * f64::from(s))
+            .sum()
+    };
+    (0..input.len())
+        .map(|i| {
+            let mut up = input.clone();
+            let mut down = input.clone();
+            up.as_slice_mut().expect("standard layout")[i] += STEP;
+            down.as_slice_mut().expect("standard layout")[i] -= STEP;
+            ((score(up) - score(down)) / (2.0 * f64::from(STEP))) as f32
+        })
+        .collect()
+}
+
 /// Runs the finite-difference check and asserts agreement, naming `case`.
 pub fn assert_matches_finite_differences(case: &str, model: &ModelProto, input: &ArrayD<f32>) {
     assert_request_matches(case, model, input, &Request::default());
 }
 
-pub fn assert_request_matches(case: &str, model: &ModelProto, input: &ArrayD<f32>, request: &Request) {
+pub fn assert_request_matches(
+    case: &str,
+    model: &ModelProto,
+    input: &ArrayD<f32>,
+    request: &Request,
+) {
     let check = finite_difference(model, input, request, 7);
     let a = check.agreement;
-    eprintln!("{case}: relative L2 {:.2e}, cosine {:.8}, relative max {:.2e}", a.relative_l2, a.cosine, a.relative_max);
+    eprintln!(
+        "{case}: relative L2 {:.2e}, cosine {:.8}, relative max {:.2e}",
+        a.relative_l2, a.cosine, a.relative_max
+    );
     assert!(
         a.relative_l2 <= FD_TOLERANCE,
         "{case}: relative L2 error {:.2e} against central differences exceeds {FD_TOLERANCE:e} \
@@ -480,6 +544,14 @@ pub fn assert_request_matches(case: &str, model: &ModelProto, input: &ArrayD<f32
         &check.derived[..check.derived.len().min(12)],
         &check.numeric[..check.numeric.len().min(12)],
     );
-    let norm: f64 = check.numeric.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
-    assert!(norm > 1e-3, "{case}: the reference gradient is nearly zero ({norm:e}), so the check proves nothing");
+    let norm: f64 = check
+        .numeric
+        .iter()
+        .map(|&v| f64::from(v).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!(
+        norm > 1e-3,
+        "{case}: the reference gradient is nearly zero ({norm:e}), so the check proves nothing"
+    );
 }
