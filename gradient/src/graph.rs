@@ -85,10 +85,11 @@ impl<'m> Graph<'m> {
                 }
                 available.insert(output);
             }
-            if node.op_type == "Constant" && is_default_domain(node) {
-                if let (Some(out), Some(value)) = (node.output.first(), read_constant_node(node)) {
-                    self.constants.insert(out.clone(), value);
-                }
+            if node.op_type == "Constant"
+                && is_default_domain(node)
+                && let (Some(out), Some(value)) = (node.output.first(), read_constant_node(node))
+            {
+                self.constants.insert(out.clone(), value);
             }
         }
         Ok(())

@@ -48,8 +48,8 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "MaxPool",
     "Mul",
     "Neg",
-    "Pad",
     "PRelu",
+    "Pad",
     "ReduceMean",
     "ReduceSum",
     "Relu",
@@ -145,21 +145,21 @@ pub(crate) fn unbroadcast_shaped(
 ) -> Result<String, GradientError> {
     let y = "its consumer";
     let xs = bw.shape(x).cloned();
-    if let (Some(xs), Some(ys)) = (&xs, &ys) {
-        if let Some(axes) = static_broadcast_axes(xs, ys) {
-            if axes.is_empty() && xs.len() == ys.len() {
-                return Ok(g.to_owned());
-            }
-            let summed = if axes.is_empty() {
-                g.to_owned()
-            } else {
-                bw.em.reduce_sum(g, &axes, true)
-            };
-            if xs.len() == ys.len() {
-                return Ok(summed);
-            }
-            return Ok(bw.em.reshape_like(&summed, x));
+    if let (Some(xs), Some(ys)) = (&xs, &ys)
+        && let Some(axes) = static_broadcast_axes(xs, ys)
+    {
+        if axes.is_empty() && xs.len() == ys.len() {
+            return Ok(g.to_owned());
         }
+        let summed = if axes.is_empty() {
+            g.to_owned()
+        } else {
+            bw.em.reduce_sum(g, &axes, true)
+        };
+        if xs.len() == ys.len() {
+            return Ok(summed);
+        }
+        return Ok(bw.em.reshape_like(&summed, x));
     }
     if let Some(ones) = xs
         .as_ref()

@@ -221,19 +221,20 @@ pub(super) fn pad(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientError>
         None => pads.as_ref().map(|p| (0..(p.len() / 2) as i64).collect()),
     };
 
-    if let (Some(pads), Some(axes), "constant") = (&pads, &axes, mode.as_str()) {
-        if pads.iter().all(|&p| p >= 0) && pads.len() == 2 * axes.len() {
-            let starts = bw.em.ints(&pads[..axes.len()]);
-            let axes = bw.em.ints(axes);
-            let shape = bw.em.shape(n.input(0));
-            let sizes = bw
-                .em
-                .op("Gather", &[&shape, &axes], vec![int_attr("axis", 0)]);
-            let ends = bw.em.add(&starts, &sizes);
-            let result = bw.em.slice(n.grad(), &starts, &ends, &axes);
-            bw.accumulate(n.input(0), result);
-            return Ok(());
-        }
+    if let (Some(pads), Some(axes), "constant") = (&pads, &axes, mode.as_str())
+        && pads.iter().all(|&p| p >= 0)
+        && pads.len() == 2 * axes.len()
+    {
+        let starts = bw.em.ints(&pads[..axes.len()]);
+        let axes = bw.em.ints(axes);
+        let shape = bw.em.shape(n.input(0));
+        let sizes = bw
+            .em
+            .op("Gather", &[&shape, &axes], vec![int_attr("axis", 0)]);
+        let ends = bw.em.add(&starts, &sizes);
+        let result = bw.em.slice(n.grad(), &starts, &ends, &axes);
+        bw.accumulate(n.input(0), result);
+        return Ok(());
     }
     if bw.em.opset < 16 {
         return Err(n.unsupported(format!(

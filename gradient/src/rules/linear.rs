@@ -99,18 +99,18 @@ fn matrix_shape(batch: &Option<Shape>, operand: Option<&Shape>, rank: usize) -> 
 
 /// `t` with its last two axes swapped; folded at derive time for a 2-D constant.
 fn transposed_last(bw: &mut Backward, t: &str, rank: usize) -> String {
-    if let Some(constant) = bw.graph.constant(t).filter(|c| c.dims.len() == 2) {
-        if let Values::Float(values) = &constant.values {
-            let (rows, cols) = (constant.dims[0] as usize, constant.dims[1] as usize);
-            let mut swapped = vec![0.0f32; values.len()];
-            for r in 0..rows {
-                for c in 0..cols {
-                    swapped[c * rows + r] = values[r * cols + c];
-                }
+    if let Some(constant) = bw.graph.constant(t).filter(|c| c.dims.len() == 2)
+        && let Values::Float(values) = &constant.values
+    {
+        let (rows, cols) = (constant.dims[0] as usize, constant.dims[1] as usize);
+        let mut swapped = vec![0.0f32; values.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                swapped[c * rows + r] = values[r * cols + c];
             }
-            let dims = [cols as i64, rows as i64];
-            return bw.em.float_constant("transposed_weight", &dims, &swapped);
         }
+        let dims = [cols as i64, rows as i64];
+        return bw.em.float_constant("transposed_weight", &dims, &swapped);
     }
     let mut perm: Vec<i64> = (0..rank as i64).collect();
     perm.swap(rank - 2, rank - 1);
