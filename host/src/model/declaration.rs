@@ -162,9 +162,11 @@ impl ModelDeclaration {
             }
         }
         if input.std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
-            return Err("`input.std` contains 0 or a non-finite value; every entry must be a \
+            return Err(
+                "`input.std` contains 0 or a non-finite value; every entry must be a \
                         non-zero number"
-                .to_owned());
+                    .to_owned(),
+            );
         }
         if input.range[0] >= input.range[1] {
             return Err(format!(
@@ -173,9 +175,11 @@ impl ModelDeclaration {
             ));
         }
         if input.resize == ResizeMode::Stretch && input.resize_shorter.is_some() {
-            return Err("`input.resize-shorter` only applies to `resize = \"center-crop\"`; \
+            return Err(
+                "`input.resize-shorter` only applies to `resize = \"center-crop\"`; \
                         remove it"
-                .to_owned());
+                    .to_owned(),
+            );
         }
         if let Some(shorter) = input.resize_shorter
             && shorter < input.width.min(input.height)

@@ -169,7 +169,10 @@ mod tests {
     fn stretch_uses_whole_photo() {
         let d = declaration(ResizeMode::Stretch, None);
         let crop = crop_rect(&d, 30, 10);
-        assert_eq!((crop.x, crop.y, crop.width, crop.height), (0.0, 0.0, 30.0, 10.0));
+        assert_eq!(
+            (crop.x, crop.y, crop.width, crop.height),
+            (0.0, 0.0, 30.0, 10.0)
+        );
     }
 
     #[test]
