@@ -42,22 +42,47 @@ pub struct ColorRange {
     pub max: f32,
 }
 
+/// The share of values, at each end, that a color range may leave out.
+/// Gradient maps are sparse: a handful of pixels can be a hundred times
+/// larger than the rest, and a range spanning them paints everything else
+/// in the lowest color. Values beyond the range take the end colors.
+const OUTLIER_FRACTION: f64 = 0.005;
+
 impl ColorRange {
-    /// The range covering `values` for this scale: their extent for a
-    /// sequential scale, symmetric around zero for a diverging one.
-    pub fn of(scale: Scale, values: &[f32]) -> ColorRange {
+    /// The exact extent of `values`.
+    pub fn extent(values: &[f32]) -> ColorRange {
         let (min, max) = values
             .iter()
             .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
                 (lo.min(v), hi.max(v))
             });
-        if !min.is_finite() {
+        if min.is_finite() {
+            ColorRange { min, max }
+        } else {
+            ColorRange { min: 0.0, max: 1.0 }
+        }
+    }
+
+    /// The range for coloring `values` on this scale: from the 0.5th to the
+    /// 99.5th percentile for a sequential scale, and symmetric around zero
+    /// up to the 99.5th percentile of the magnitudes for a diverging one.
+    pub fn of(scale: Scale, values: &[f32]) -> ColorRange {
+        if values.is_empty() {
             return ColorRange { min: 0.0, max: 1.0 };
         }
         match scale {
-            Scale::Sequential => ColorRange { min, max },
+            Scale::Sequential => {
+                let mut sorted = values.to_vec();
+                sorted.sort_by(f32::total_cmp);
+                ColorRange {
+                    min: percentile(&sorted, OUTLIER_FRACTION),
+                    max: percentile(&sorted, 1.0 - OUTLIER_FRACTION),
+                }
+            }
             Scale::Diverging => {
-                let extent = min.abs().max(max.abs());
+                let mut magnitudes: Vec<f32> = values.iter().map(|v| v.abs()).collect();
+                magnitudes.sort_by(f32::total_cmp);
+                let extent = percentile(&magnitudes, 1.0 - OUTLIER_FRACTION);
                 ColorRange {
                     min: -extent,
                     max: extent,
@@ -81,6 +106,18 @@ impl ColorRange {
             0.5
         }
     }
+}
+
+/// The value at fraction `q` of a sorted slice, by nearest rank.
+fn percentile(sorted: &[f32], q: f64) -> f32 {
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// The value at fraction `q` of a sorted slice, by nearest rank.
+fn percentile(sorted: &[f32], q: f64) -> f32 {
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
 }
 
 fn color(scale: Scale, t: f64) -> Rgba<u8> {
@@ -219,6 +256,18 @@ mod tests {
                 max: 3.0
             }
         );
+    }
+
+    #[test]
+    fn sequential_range_leaves_out_rare_outliers() {
+        let mut values = vec![1.0f32; 1000];
+        values[0] = 500.0;
+        let range = ColorRange::of(Scale::Sequential, &values);
+        assert_eq!(
+            range.max, 1.0,
+            "one extreme pixel in 1000 does not set the scale"
+        );
+        assert_eq!(ColorRange::extent(&values).max, 500.0);
     }
 
     #[test]

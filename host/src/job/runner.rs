@@ -549,7 +549,7 @@ impl ImageContext<'_> {
             else {
                 continue;
             };
-            let own = ColorRange::of(Scale::Sequential, &heatmap.values);
+            let own = ColorRange::extent(&heatmap.values);
             let shared = ranges[&(heatmap.visualization, heatmap.scale.as_str())];
             record.min = own.min;
             record.max = own.max;

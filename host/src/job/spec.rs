@@ -215,7 +215,8 @@ pub struct HeatmapRecord {
     pub min: f32,
     pub max: f32,
     /// The value range mapped onto the colormap, shared by the maps of the
-    /// same visualization on the same image.
+    /// same visualization on the same image. It leaves out the most extreme
+    /// 0.5% of values at each end, which take the end colors.
     pub color_min: f32,
     pub color_max: f32,
     /// The raw values as a `float32` NumPy array of shape `[height, width]`.
