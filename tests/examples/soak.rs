@@ -129,7 +129,7 @@ fn main() -> anyhow::Result<()> {
     let started_rss = rss_kib(pid);
 
     let tally = Tally::default();
-    let early_rss = Mutex::new(None);
+    let samples = Mutex::new(Vec::new());
     let next = AtomicUsize::new(0);
     let started = Instant::now();
     std::thread::scope(|scope| {
@@ -149,8 +149,12 @@ fn main() -> anyhow::Result<()> {
                         return;
                     }
                     run_one(&client, &image, index, &tally);
-                    if tally.finished.fetch_add(1, Ordering::Relaxed) + 1 == 20 {
-                        *early_rss.lock().expect("lock") = rss_kib(pid);
+                    // After 20 jobs every kind has run once; every 100 jobs
+                    // after that shows the trend.
+                    let finished = tally.finished.fetch_add(1, Ordering::Relaxed) + 1;
+                    if finished == 20 || finished % 100 == 0 {
+                        let rss = rss_kib(pid);
+                        samples.lock().expect("lock").push((finished, rss));
                     }
                 }
             });
@@ -158,9 +162,11 @@ fn main() -> anyhow::Result<()> {
     });
     let elapsed = started.elapsed();
     let end_rss = rss_kib(pid);
+    let peak_rss = status_kib(pid, "VmHWM:");
     let crashed = server.exit_status();
     let lost = tally.lost.into_inner().expect("lock");
-    let early_rss = early_rss.into_inner().expect("lock");
+    let samples = samples.into_inner().expect("lock");
+    let early_rss = samples.first().and_then(|(_, rss)| *rss);
 
     for message in &lost {
         eprintln!("lost: {message}");
@@ -177,6 +183,8 @@ fn main() -> anyhow::Result<()> {
             started_rss,
             early_rss,
             end_rss,
+            peak_rss,
+            samples,
         })
     );
     if !lost.is_empty() || crashed.is_some() {
@@ -262,8 +270,14 @@ fn lose(tally: &Tally, message: String) {
 /// Reads the resident set size of a process, in KiB, from
 /// `/proc/<pid>/status`.
 fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Reads a field in KiB, such as `VmHWM:` (the peak resident set size), from
+/// `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -277,6 +291,9 @@ struct Report {
     started_rss: Option<u64>,
     early_rss: Option<u64>,
     end_rss: Option<u64>,
+    peak_rss: Option<u64>,
+    /// Resident set size after so many jobs had finished.
+    samples: Vec<(usize, Option<u64>)>,
 }
 
 fn report(report: &Report) -> String {
@@ -287,56 +304,50 @@ fn report(report: &Report) -> String {
     };
     let change = match (report.early_rss, report.end_rss) {
         (Some(early), Some(end)) if early > 0 => {
-            format!(
-                "{:+.1}%",
-                (end as f64 - early as f64) / early as f64 * 100.0
-            )
+            let percent = (end as f64 - early as f64) / early as f64 * 100.0;
+            format!("{percent:+.1}% from after 20 jobs")
         }
-        _ => "unknown".to_owned(),
+        _ => "no value after 20 jobs".to_owned(),
     };
-    let mut text = String::new();
-    let _ = writeln!(text, "| measure | value |");
-    let _ = writeln!(text, "| --- | --- |");
-    let _ = writeln!(
-        text,
-        "| jobs run | {} ({} kinds in turn, {} clients at once) |",
-        report.jobs,
-        KINDS.len(),
-        report.clients
-    );
-    let _ = writeln!(
-        text,
-        "| wall time | {:.0} s |",
-        report.elapsed.as_secs_f64()
-    );
-    let _ = writeln!(text, "| jobs lost | {} |", report.lost);
-    let _ = writeln!(
-        text,
-        "| server crashes | {} |",
-        report
-            .crashed
-            .as_deref()
-            .map_or("0".to_owned(), |s| format!("1 ({s})"))
-    );
-    let _ = writeln!(
-        text,
-        "| submissions answered 503 and retried | {} |",
-        report.retries_503
-    );
-    let _ = writeln!(
-        text,
-        "| server RSS at start | {} |",
-        mib(report.started_rss)
-    );
-    let _ = writeln!(
-        text,
-        "| server RSS after 20 jobs | {} |",
-        mib(report.early_rss)
-    );
-    let _ = writeln!(
-        text,
-        "| server RSS at the end | {} ({change}) |",
-        mib(report.end_rss)
-    );
+    let crashes = match &report.crashed {
+        Some(status) => format!("1 ({status})"),
+        None => "0".to_owned(),
+    };
+
+    let mut rows = vec![
+        (
+            "jobs run".to_owned(),
+            format!(
+                "{} ({} kinds in turn, {} clients at once)",
+                report.jobs,
+                KINDS.len(),
+                report.clients
+            ),
+        ),
+        (
+            "wall time".to_owned(),
+            format!("{:.0} s", report.elapsed.as_secs_f64()),
+        ),
+        ("jobs lost".to_owned(), report.lost.to_string()),
+        ("server crashes".to_owned(), crashes),
+        (
+            "submissions answered 503 and retried".to_owned(),
+            report.retries_503.to_string(),
+        ),
+        ("server RSS at start".to_owned(), mib(report.started_rss)),
+    ];
+    for (finished, rss) in &report.samples {
+        rows.push((format!("server RSS after {finished} jobs"), mib(*rss)));
+    }
+    rows.push((
+        "server RSS at the end".to_owned(),
+        format!("{} ({change})", mib(report.end_rss)),
+    ));
+    rows.push(("server peak RSS (VmHWM)".to_owned(), mib(report.peak_rss)));
+
+    let mut text = "| measure | value |\n| --- | --- |\n".to_owned();
+    for (measure, value) in rows {
+        let _ = writeln!(text, "| {measure} | {value} |");
+    }
     text
 }

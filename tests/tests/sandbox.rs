@@ -126,7 +126,7 @@ fn render_attacks_are_stopped_with_named_limit() {
     let server = start(
         &plugins,
         "deadline_seconds = 3\nmemory_mib = 64\nmodel_images = 100000000\n\
-         max_wasm_stack_kib = 256\n",
+         max_wasm_stack_kib = 256\nmax_output_mib = 2\n",
         "workers = 2\n",
     );
     let client = server.client();
@@ -153,6 +153,10 @@ fn render_attacks_are_stopped_with_named_limit() {
         (
             "huge-heatmap",
             &["100000x100000", "sandbox.max_panel_pixels"],
+        ),
+        (
+            "large-output",
+            &["4.0 MiB", "limit is 2 MiB", "sandbox.max_output_mib"],
         ),
         (
             "aliased-output",

@@ -460,11 +460,10 @@ fn check_panels(limits: &SandboxLimits, model: &Model, panels: &[Panel]) -> Resu
                 panel.title.escape_debug()
             )
         };
-        if panel.title.chars().count() > 200 {
-            return Err(at("title longer than 200 characters".to_owned()));
-        }
+        check_text("title", &panel.title).map_err(at)?;
         match &panel.content {
             bindings::PanelContent::Heatmap(map) => {
+                check_text("meaning", &map.meaning).map_err(at)?;
                 let pixels = map.width as u64 * map.height as u64;
                 if pixels == 0 || pixels > limits.max_panel_pixels {
                     return Err(at(format!(
@@ -512,6 +511,9 @@ fn check_panels(limits: &SandboxLimits, model: &Model, panels: &[Panel]) -> Resu
                 }
             }
             bindings::PanelContent::Scores(scores) => {
+                for score in scores {
+                    check_text("score label", &score.label).map_err(at)?;
+                }
                 if scores.len() > model.classes() {
                     return Err(at(format!(
                         "{} scores for a model with {} classes",
@@ -521,6 +523,22 @@ fn check_panels(limits: &SandboxLimits, model: &Model, panels: &[Panel]) -> Resu
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks a text of a panel, which the pages show and the manifest keeps:
+/// 200 characters fit any title, and control characters would spoof or
+/// break logs and terminals that show the manifest.
+fn check_text(field: &str, text: &str) -> Result<(), String> {
+    if text.chars().count() > 200 {
+        return Err(format!("{field} longer than 200 characters"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!(
+            "{field} `{}` contains control characters",
+            text.escape_debug()
+        ));
     }
     Ok(())
 }

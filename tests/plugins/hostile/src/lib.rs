@@ -25,6 +25,7 @@ const ATTACKS: &[&str] = &[
     "recurse",
     "many-panels",
     "huge-heatmap",
+    "large-output",
     "aliased-output",
     "panic",
     "unreachable",
@@ -77,6 +78,7 @@ impl Guest for Hostile {
             "recurse" => Ok(vec![scores_panel(recurse(black_box(u64::MAX)) as f32)]),
             "many-panels" => Ok((0..100).map(|i| scores_panel(i as f32)).collect()),
             "huge-heatmap" => Ok(vec![huge_heatmap()]),
+            "large-output" => Ok(vec![large_heatmap()]),
             "aliased-output" => Ok(aliased_heatmaps()),
             "panic" => panic!("hostile plugin panicked on purpose"),
             "unreachable" => core::arch::wasm32::unreachable(),
@@ -148,17 +150,13 @@ fn recurse(depth: u64) -> u64 {
 /// Builds a heatmap that claims far more pixels than any input frame has,
 /// without the memory to back it.
 fn huge_heatmap() -> Panel {
-    Panel {
-        title: "huge".to_owned(),
-        content: PanelContent::Heatmap(Heatmap {
-            width: 100_000,
-            height: 100_000,
-            values: vec![0.0; 16],
-            class_index: None,
-            meaning: "nothing".to_owned(),
-            scale: HeatmapScale::Sequential,
-        }),
-    }
+    heatmap_panel("huge", 100_000, 100_000, vec![0.0; 16])
+}
+
+/// Builds a valid 1024 x 1024 heatmap: 4 MiB of values, for a server whose
+/// output limit is smaller.
+fn large_heatmap() -> Panel {
+    heatmap_panel("large", 1024, 1024, vec![0.25; 1024 * 1024])
 }
 
 /// Builds 64 heatmaps of 2048 x 2048 values that all list the same 16 MiB
@@ -174,19 +172,26 @@ fn aliased_heatmaps() -> Vec<Panel> {
     let mut buffer = std::mem::ManuallyDrop::new(vec![0.5f32; len]);
     let pointer = buffer.as_mut_ptr();
     (0..64)
-        .map(|index| Panel {
-            title: format!("alias {index}"),
-            content: PanelContent::Heatmap(Heatmap {
-                width: SIDE,
-                height: SIDE,
-                // SAFETY: none; see above.
-                values: unsafe { Vec::from_raw_parts(pointer, len, len) },
-                class_index: None,
-                meaning: "the same memory again".to_owned(),
-                scale: HeatmapScale::Sequential,
-            }),
+        .map(|index| {
+            // SAFETY: none; see above.
+            let values = unsafe { Vec::from_raw_parts(pointer, len, len) };
+            heatmap_panel(&format!("alias {index}"), SIDE, SIDE, values)
         })
         .collect()
+}
+
+fn heatmap_panel(title: &str, width: u32, height: u32, values: Vec<f32>) -> Panel {
+    Panel {
+        title: title.to_owned(),
+        content: PanelContent::Heatmap(Heatmap {
+            width,
+            height,
+            values,
+            class_index: None,
+            meaning: "nothing".to_owned(),
+            scale: HeatmapScale::Sequential,
+        }),
+    }
 }
 
 fn scores_panel(value: f32) -> Panel {
