@@ -114,12 +114,6 @@ fn percentile(sorted: &[f32], q: f64) -> f32 {
     sorted[index.min(sorted.len() - 1)]
 }
 
-/// The value at fraction `q` of a sorted slice, by nearest rank.
-fn percentile(sorted: &[f32], q: f64) -> f32 {
-    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
 fn color(scale: Scale, t: f64) -> Rgba<u8> {
     let c = match scale {
         Scale::Sequential => colorous::VIRIDIS.eval_continuous(t),
