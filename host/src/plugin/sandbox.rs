@@ -173,6 +173,9 @@ impl Sandbox {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(limits.max_wasm_stack);
+        // The innermost frames locate a crash; more, such as the identical
+        // frames of a deep recursion, only lengthen the job's error.
+        config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(8));
         // Wasmtime rejects a wasm stack larger than its async stack size,
         // even with async support off.
         config.async_stack_size(limits.max_wasm_stack.max(2 << 20));
