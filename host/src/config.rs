@@ -256,7 +256,8 @@ impl Config {
             config::Environment::with_prefix("PICASSO")
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(config_variables(std::env::vars()))),
         );
         let mut config: Config = builder.build()?.try_deserialize()?;
         config.resolve_paths(&base);
@@ -410,6 +411,21 @@ impl Config {
     }
 }
 
+/// The environment variables that name a configuration key. Every key sits
+/// in a section, so a key variable has `__` after the prefix; others, such
+/// as a script's own `PICASSO_BIN`, are left alone instead of failing as
+/// unknown keys.
+fn config_variables(
+    variables: impl Iterator<Item = (String, String)>,
+) -> config::Map<String, String> {
+    variables
+        .filter(|(name, _)| {
+            name.strip_prefix("PICASSO_")
+                .is_some_and(|key| key.contains("__"))
+        })
+        .collect()
+}
+
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
@@ -479,6 +495,19 @@ mod tests {
             let error = Config::load(Some(&path)).expect_err(line);
             assert!(error.to_string().contains(key), "{line}: {error}");
         }
+    }
+
+    #[test]
+    fn only_sectioned_variables_are_config_keys() {
+        let variables = [
+            ("PICASSO_SERVER__PORT", "9000"),
+            ("PICASSO_BIN", "/usr/bin/picasso"),
+            ("HOME", "/root"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()));
+        let kept = config_variables(variables.into_iter());
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert!(kept.contains_key("PICASSO_SERVER__PORT"));
     }
 
     #[test]

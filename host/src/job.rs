@@ -231,7 +231,7 @@ impl Shared {
             cancels.remove(&id);
         }
         let (state, message) = match result {
-            Ok(()) => (JobState::Completed, None),
+            Ok(failed) => (JobState::Completed, failed),
             Err(RunError::Cancelled) => (
                 JobState::Cancelled,
                 Some("cancelled by the user".to_owned()),
@@ -246,7 +246,8 @@ impl Shared {
         }
     }
 
-    fn run_job(&self, job: &QueuedJob) -> Result<(), RunError> {
+    /// Runs a job; on success returns a message when some renders failed.
+    fn run_job(&self, job: &QueuedJob) -> Result<Option<String>, RunError> {
         if job.cancel.load(Ordering::Relaxed) {
             return Err(RunError::Cancelled);
         }
@@ -302,7 +303,7 @@ impl Shared {
             }
         });
         let dir = self.store.job_dir(id);
-        runner::run(
+        let manifest = runner::run(
             &job.plan,
             self.plugins.sandbox(),
             images,
@@ -310,6 +311,6 @@ impl Shared {
             progress,
             &job.cancel,
         )?;
-        Ok(())
+        Ok(manifest.failure_summary())
     }
 }

@@ -166,9 +166,6 @@ impl Server {
             .arg("serve")
             .current_dir(repo_root())
             .env("RUST_LOG", "info")
-            // The server reads every `PICASSO_*` variable as a configuration
-            // key, and rejects `bin` as unknown.
-            .env_remove("PICASSO_BIN")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -100,6 +100,33 @@ pub struct Manifest {
     pub images: Vec<ImageResult>,
 }
 
+impl Manifest {
+    /// Counts renders that failed and images that could not be used, as a
+    /// message for the job's record; `None` when everything ran.
+    pub fn failure_summary(&self) -> Option<String> {
+        let images_failed = self.images.iter().filter(|i| i.error.is_some()).count();
+        let renders = self
+            .images
+            .iter()
+            .flat_map(|i| &i.models)
+            .flat_map(|m| &m.renders);
+        let (total, failed) = renders.fold((0, 0), |(total, failed), render| {
+            (total + 1, failed + usize::from(render.error.is_some()))
+        });
+        let mut parts = Vec::new();
+        if images_failed > 0 {
+            parts.push(format!(
+                "{images_failed} of {} images could not be used",
+                self.images.len()
+            ));
+        }
+        if failed > 0 {
+            parts.push(format!("{failed} of {total} renders failed"));
+        }
+        (!parts.is_empty()).then(|| format!("{}; the results list the errors", parts.join(", ")))
+    }
+}
+
 /// Which model ran, exactly.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelStamp {
