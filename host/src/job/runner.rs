@@ -15,8 +15,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::spec::{
-    ClassScore, HeatmapRecord, ImageResult, Manifest, ModelResult, ModelStamp, PanelRecord,
-    PluginStamp, RenderResult, VisualizationRequest,
+    ClassScore, HeatmapRecord, ImageResult, Manifest, ModelResult, ModelStamp, OwnScale,
+    PanelRecord, PluginStamp, RenderResult, VisualizationRequest,
 };
 use crate::model::{Model, ModelCatalog};
 use crate::plugin::bindings::{HeatmapScale, PanelContent, SettingValue};
@@ -471,6 +471,12 @@ impl ImageContext<'_> {
                         overlay: format!("{dir}/panel{index}-overlay.png"),
                         colored: format!("{dir}/panel{index}-map.png"),
                         colorbar: format!("colorbar-{}.png", scale.as_str()),
+                        own: OwnScale {
+                            color_min: 0.0,
+                            color_max: 0.0,
+                            overlay: format!("{dir}/panel{index}-overlay-own.png"),
+                            colored: format!("{dir}/panel{index}-map-own.png"),
+                        },
                     };
                     result.panels.push(PanelRecord::Heatmap {
                         title,
@@ -574,6 +580,22 @@ impl ImageContext<'_> {
             self.writer.write_png(&record.colored, &colored)?;
             let overlay = render::overlay(display, factor, crop, &colored);
             self.writer.write_png(&record.overlay, &overlay)?;
+
+            // The same map on its own range, for when the shared one
+            // flattens it (maps of models whose logits differ in scale).
+            let own_range = ColorRange::of(heatmap.scale, &heatmap.values);
+            record.own.color_min = own_range.min;
+            record.own.color_max = own_range.max;
+            let colored = render::colorize(
+                &heatmap.values,
+                heatmap.width,
+                heatmap.height,
+                heatmap.scale,
+                own_range,
+            );
+            self.writer.write_png(&record.own.colored, &colored)?;
+            let overlay = render::overlay(display, factor, crop, &colored);
+            self.writer.write_png(&record.own.overlay, &overlay)?;
         }
         Ok(())
     }

@@ -254,4 +254,17 @@ pub struct HeatmapRecord {
     pub colored: String,
     /// The colormap from `color_min` (left) to `color_max` (right), as PNG.
     pub colorbar: String,
+    /// The map colored on its own range instead of the shared one.
+    pub own: OwnScale,
+}
+
+/// A heatmap colored on its own value range.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OwnScale {
+    pub color_min: f32,
+    pub color_max: f32,
+    /// The heatmap blended over the photo, as PNG.
+    pub overlay: String,
+    /// The colored heatmap alone, in the model's input frame, as PNG.
+    pub colored: String,
 }
