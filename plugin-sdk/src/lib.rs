@@ -23,8 +23,11 @@
 //! Pure helpers for the usual chores live next to them and run anywhere,
 //! including in native unit tests: [`scores`] (softmax, top-k), [`Image`]
 //! editing ([`Rect`], [`Image::fill_rect`], [`Image::crop`],
-//! [`Image::paste`]), [`grid`] (bilinear resizing of float grids) and
-//! [`window`] (sliding-window positions and per-pixel coverage means).
+//! [`Image::paste`], [`Image::blurred`]), [`grid`] (bilinear resizing of
+//! float grids), [`window`] (sliding-window positions and per-pixel coverage
+//! means), [`channels`] (per-pixel reductions of an input-shaped tensor in
+//! either layout) and [`attribution`] (the target classes and per-class
+//! heatmap panels of gradient-based maps).
 //!
 //! ```no_run
 //! use picasso_plugin_sdk::{
@@ -63,6 +66,9 @@
 // this crate's name, which must therefore also resolve inside the crate.
 extern crate self as picasso_plugin_sdk;
 
+pub mod attribution;
+mod blur;
+pub mod channels;
 mod descriptor;
 mod error;
 pub mod grid;

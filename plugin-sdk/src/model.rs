@@ -11,7 +11,8 @@
 //!
 //! Most plugins need only the batching helpers: [`for_each_batch`] and
 //! [`map_batches`] preprocess and run a stream of images in batches and
-//! report progress, and [`classify`] returns ranked class scores.
+//! report progress, [`for_each_gradient_batch`] does the same for gradients
+//! of input tensors, and [`classify`] returns ranked class scores.
 //!
 //! The functions that call the host work only on wasm32 inside a render;
 //! in native builds they panic.
@@ -19,6 +20,7 @@
 use std::sync::OnceLock;
 
 use crate::__bindings::picasso::plugin::model as imports;
+use crate::channels::InputShape;
 use crate::{ClassScore, Error, Image, Tensor, host, scores};
 
 /// The results of [`gradients`]: logits, the input gradient, and the
@@ -95,6 +97,34 @@ pub fn logits(batch: &Tensor) -> Result<Tensor, Error> {
 /// a model whose gradients the host cannot compute.
 pub fn gradients(batch: &Tensor, seeds: &[Seed], tensor: Option<&str>) -> Result<Gradients, Error> {
     imports::gradients(batch, seeds, tensor).map_err(Error::model("gradients"))
+}
+
+/// Returns the smallest and largest value that [`preprocess`] gives any
+/// channel of any pixel: the range of the normalized input tensor for pixel
+/// values 0 to 255. Noise scaled to this range means the same for models
+/// with different normalizations.
+///
+/// It preprocesses a black and a white image of the input size, which costs
+/// no model run.
+///
+/// # Errors
+///
+/// Fails as [`preprocess`] does, or if the result is empty or not finite.
+pub fn input_range() -> Result<(f32, f32), Error> {
+    let info = info();
+    let black = Image::filled(info.width, info.height, [0, 0, 0, 255]);
+    let white = Image::filled(info.width, info.height, [255, 255, 255, 255]);
+    let batch = preprocess(&[black, white])?;
+    let (min, max) = batch
+        .data
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(min, max), &value| {
+            (min.min(value), max.max(value))
+        });
+    if !(min.is_finite() && max.is_finite()) {
+        return Err(batch.shape_error("the preprocessed black and white images", "finite values"));
+    }
+    Ok((min, max))
 }
 
 /// Runs the model on an input batch and returns each item's class
@@ -207,6 +237,188 @@ where
         Ok(())
     })?;
     Ok(results)
+}
+
+/// One batch of gradient results, handed to the callback of
+/// [`for_each_gradient_batch`].
+#[derive(Debug)]
+pub struct GradientBatch {
+    /// The position of the batch's first item in the whole stream.
+    pub first: usize,
+    /// The host's results: logits, input gradients and, when a tensor was
+    /// requested, its activations and their gradient, each shaped
+    /// `[items, ...]`.
+    pub gradients: Gradients,
+}
+
+impl GradientBatch {
+    /// Returns the number of items in the batch.
+    pub fn len(&self) -> usize {
+        self.gradients
+            .logits
+            .shape
+            .first()
+            .map_or(0, |&items| items as usize)
+    }
+
+    /// Returns whether the batch contains no item; never true for a batch
+    /// handed to a callback.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Returns the logits of each item, in stream order.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the host's logits are not `[items, classes]`.
+    pub fn logits(&self) -> Result<std::slice::ChunksExact<'_, f32>, Error> {
+        self.gradients.logits.rows("the logits of `gradients`")
+    }
+
+    /// Returns the input gradient of each item, in stream order, in the
+    /// model's input layout.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the host's input gradient does not split into items.
+    pub fn input_gradients(&self) -> Result<std::slice::ChunksExact<'_, f32>, Error> {
+        self.gradients
+            .input_gradient
+            .items("the input gradient of `gradients`")
+    }
+}
+
+/// Runs the gradients of a stream of input items in batches of
+/// `batch_size` and calls `f` with each batch's results, in order. After
+/// each batch it reports progress as items done out of `items.len()`.
+///
+/// Each item is one normalized input in the model's layout (as
+/// [`InputShape::of_model`] describes it, without the batch dimension) with
+/// its [`Seed`]. Items of different seeds may share a batch. When `tensor`
+/// names an inspectable tensor, its activations and their gradient come
+/// back too. `items` may be a lazy iterator, such as noisy copies made on
+/// the fly, so that only one batch is in memory at a time.
+///
+/// # Errors
+///
+/// Fails if `batch_size` is 0, if an item does not contain one input's
+/// values, or if a model call fails or returns a result of the wrong size.
+/// Also fails with the first error that `f` returns. No batch runs after an
+/// error.
+pub fn for_each_gradient_batch<I, F>(
+    items: I,
+    tensor: Option<&str>,
+    batch_size: usize,
+    f: F,
+) -> Result<(), Error>
+where
+    I: IntoIterator<Item = (Vec<f32>, Seed)>,
+    I::IntoIter: ExactSizeIterator,
+    F: FnMut(GradientBatch) -> Result<(), Error>,
+{
+    let mut run = |batch: &Tensor, seeds: &[Seed]| gradients(batch, seeds, tensor);
+    run_gradient_batches(
+        items,
+        InputShape::of_model(),
+        batch_size,
+        tensor.is_some(),
+        &mut run,
+        &mut host::progress,
+        f,
+    )
+}
+
+/// A gradient model call on a batch and its seeds.
+type GradientRun<'a> = dyn FnMut(&Tensor, &[Seed]) -> Result<Gradients, Error> + 'a;
+
+/// Runs the batching loop of [`for_each_gradient_batch`], with the model run
+/// and the progress report passed in so that it can be tested natively.
+fn run_gradient_batches<I, F>(
+    items: I,
+    shape: InputShape,
+    batch_size: usize,
+    with_tensor: bool,
+    run: &mut GradientRun<'_>,
+    progress: &mut dyn FnMut(usize, usize),
+    mut f: F,
+) -> Result<(), Error>
+where
+    I: IntoIterator<Item = (Vec<f32>, Seed)>,
+    I::IntoIter: ExactSizeIterator,
+    F: FnMut(GradientBatch) -> Result<(), Error>,
+{
+    if batch_size == 0 {
+        return Err(Error::msg("batch size is 0; use at least 1"));
+    }
+
+    let mut items = items.into_iter();
+    let total = items.len();
+    let mut done = 0;
+    loop {
+        let mut data = Vec::new();
+        let mut seeds = Vec::with_capacity(batch_size);
+        for (input, seed) in items.by_ref().take(batch_size) {
+            if input.len() != shape.len() {
+                return Err(Error::msg(format!(
+                    "gradient item {} contains {} values, expected {} for one {:?} input",
+                    done + seeds.len(),
+                    input.len(),
+                    shape.len(),
+                    shape.dims()
+                )));
+            }
+            data.extend_from_slice(&input);
+            seeds.push(seed);
+        }
+        if seeds.is_empty() {
+            return Ok(());
+        }
+
+        let mut dims = vec![seeds.len() as u32];
+        dims.extend(shape.dims());
+        let batch = Tensor::new(dims, data)?;
+        let gradients = run(&batch, &seeds)?;
+        check_gradients(&gradients, &batch, with_tensor)?;
+        f(GradientBatch {
+            first: done,
+            gradients,
+        })?;
+        done += seeds.len();
+        progress(done, total);
+    }
+}
+
+fn check_gradients(gradients: &Gradients, batch: &Tensor, with_tensor: bool) -> Result<(), Error> {
+    let items = batch.shape.first().copied().unwrap_or(0) as usize;
+    check_logits(&gradients.logits, items)?;
+    let input_gradient = &gradients.input_gradient;
+    if input_gradient.shape != batch.shape || input_gradient.data.len() != batch.data.len() {
+        return Err(input_gradient.shape_error(
+            "the input gradient of `gradients`",
+            &format!("the input batch's shape {:?}", batch.shape),
+        ));
+    }
+    if with_tensor {
+        let (Some(activations), Some(gradient)) =
+            (&gradients.activations, &gradients.activation_gradient)
+        else {
+            return Err(Error::msg(
+                "`gradients` returned no activations for the requested tensor",
+            ));
+        };
+        let items_of = |tensor: &Tensor| tensor.shape.first().copied().unwrap_or(0) as usize;
+        if items_of(activations) != items || gradient.shape != activations.shape {
+            return Err(gradient.shape_error(
+                "the activation gradient of `gradients`",
+                &format!(
+                    "the activations' shape {:?}, one item per input",
+                    activations.shape
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn run_model(images: &[Image]) -> Result<Tensor, Error> {
@@ -376,5 +588,134 @@ mod tests {
 
         assert_eq!(probabilities[0], [0.5, 0.5]);
         assert_eq!(probabilities[1], scores::softmax(&[1.0, -1.0]));
+    }
+
+    /// A stand-in for the gradient model on 1 x 2 x 1 inputs: an item's
+    /// logits are `[sum of its values, its seed class]` and its input
+    /// gradient is its values times the seed class plus one.
+    fn seeded_gradients(batch: &Tensor, seeds: &[Seed]) -> Result<Gradients, Error> {
+        let class = |seed: &Seed| match seed {
+            Seed::Class(class) => *class as f32,
+            Seed::Weights(_) => -1.0,
+        };
+        let mut logits = Vec::new();
+        let mut input_gradient = Vec::new();
+        for (item, seed) in batch.data.chunks_exact(2).zip(seeds) {
+            logits.extend([item.iter().sum(), class(seed)]);
+            input_gradient.extend(item.iter().map(|v| v * (class(seed) + 1.0)));
+        }
+        Ok(Gradients {
+            logits: Tensor::new(vec![seeds.len() as u32, 2], logits)?,
+            input_gradient: Tensor::new(batch.shape.clone(), input_gradient)?,
+            activations: None,
+            activation_gradient: None,
+        })
+    }
+
+    fn gradient_items(count: usize) -> impl ExactSizeIterator<Item = (Vec<f32>, Seed)> {
+        (0..count).map(|i| (vec![i as f32, 1.0], Seed::Class((i % 3) as u32)))
+    }
+
+    const ONE_BY_TWO: InputShape = InputShape {
+        layout: Layout::Nchw,
+        channels: 1,
+        width: 2,
+        height: 1,
+    };
+
+    #[test]
+    fn gradient_batches_keep_items_and_seeds_in_order() {
+        let mut shapes = Vec::new();
+        let mut firsts = Vec::new();
+        let mut gradients = Vec::new();
+        let mut classes = Vec::new();
+        let mut reports = Vec::new();
+
+        run_gradient_batches(
+            gradient_items(5),
+            ONE_BY_TWO,
+            2,
+            false,
+            &mut |batch, seeds| {
+                shapes.push(batch.shape.clone());
+                seeded_gradients(batch, seeds)
+            },
+            &mut |done, total| reports.push((done, total)),
+            |batch| {
+                firsts.push(batch.first);
+                for row in batch.input_gradients()? {
+                    gradients.push(row.to_vec());
+                }
+                classes.extend(batch.logits()?.map(|row| row[1]));
+                Ok(())
+            },
+        )
+        .expect("5 items");
+
+        assert_eq!(
+            shapes,
+            [vec![2, 1, 1, 2], vec![2, 1, 1, 2], vec![1, 1, 1, 2]]
+        );
+        assert_eq!(firsts, [0, 2, 4]);
+        assert_eq!(classes, [0.0, 1.0, 2.0, 0.0, 1.0]);
+        assert_eq!(gradients[2], [6.0, 3.0], "item 2 times class 2 plus one");
+        assert_eq!(reports, [(2, 5), (4, 5), (5, 5)]);
+    }
+
+    #[test]
+    fn gradient_item_of_wrong_size_is_rejected() {
+        let items = vec![
+            (vec![0.0; 2], Seed::Class(0)),
+            (vec![0.0; 3], Seed::Class(0)),
+        ];
+
+        let result = run_gradient_batches(
+            items,
+            ONE_BY_TWO,
+            4,
+            false,
+            &mut seeded_gradients,
+            &mut |_, _| {},
+            |_| Ok(()),
+        );
+
+        let error = result.expect_err("3 values for a 1 x 2 x 1 input");
+        assert!(
+            error
+                .to_string()
+                .contains("gradient item 1 contains 3 values"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn missing_activations_are_rejected() {
+        let result = run_gradient_batches(
+            gradient_items(2),
+            ONE_BY_TWO,
+            4,
+            true,
+            &mut seeded_gradients,
+            &mut |_, _| {},
+            |_| Ok(()),
+        );
+
+        let error = result.expect_err("no activations");
+        assert!(error.to_string().contains("no activations"), "{error}");
+    }
+
+    #[test]
+    fn zero_gradient_batch_size_is_rejected() {
+        let result = run_gradient_batches(
+            gradient_items(2),
+            ONE_BY_TWO,
+            0,
+            false,
+            &mut seeded_gradients,
+            &mut |_, _| {},
+            |_| Ok(()),
+        );
+
+        assert!(result.is_err_and(|error| error.to_string().contains("batch size is 0")));
     }
 }
