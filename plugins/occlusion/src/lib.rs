@@ -4,7 +4,10 @@
 //! <https://arxiv.org/abs/1311.2901>).
 //!
 //! The input image is the model's input frame, W x H pixels. A square
-//! window of `window` pixels slides over it. Its positions along x are
+//! window of `window` pixels slides over it. A `window` of 0 picks one
+//! seventh of the frame's shorter side, rounded, at least 1 pixel: 32 on a
+//! 224 x 224 frame, 4 on 28 x 28. A `stride` of 0 picks half the window,
+//! rounded down, at least 1. Its positions along x are
 //! 0, stride, 2 * stride, ... while `position + window <= W`, plus a final
 //! position `W - window` when the last one does not reach the right edge,
 //! and likewise along y. When `window >= W`, the only position along x is
@@ -47,18 +50,19 @@ impl Visualization for Occlusion {
                 "window",
                 "Window",
                 "Side of the square patch that hides part of the image, in pixels of the \
-                 model's input frame. At most the frame's larger side.",
-                1..=512,
-                32,
+                 model's input frame. At most the frame's larger side. 0: automatic, one \
+                 seventh of the frame's shorter side.",
+                0..=512,
+                0,
             ))
             .setting(SettingSpec::integer(
                 "stride",
                 "Stride",
                 "Step between patch positions, in pixels. At most the window, so that every \
                  pixel is hidden at least once; smaller steps give smoother maps and more \
-                 model runs.",
-                1..=512,
-                16,
+                 model runs. 0: automatic, half the window.",
+                0..=512,
+                0,
             ))
             .setting(SettingSpec::choice(
                 "fill",
@@ -113,7 +117,8 @@ picasso_plugin_sdk::export_visualization!(Occlusion);
 const DESCRIPTION: &str = "Hides one square region of the image at a time with a patch of \
     the fill color and records how the model's probability for a class changes. The window \
     slides in steps of `stride` pixels from the top-left corner, with one last position \
-    flush with the right and bottom edges. Each pixel of the map is the mean probability of \
+    flush with the right and bottom edges. By default (0) the window is a seventh of the \
+    frame's shorter side and the stride half the window, which suits any input size. Each pixel of the map is the mean probability of \
     the class over all the occluded copies whose patch covers that pixel, so low values \
     mark the regions the model needs to recognize the class. The class is the chosen one, or each \
     of the image's `top-k` most likely classes. The list next to the maps shows the top \
@@ -130,8 +135,12 @@ struct Options {
 
 impl Options {
     fn read(input: &Image, settings: &Settings) -> Result<Self, Error> {
-        let window = settings.integer_as::<u32>("window")?;
-        let stride = settings.integer_as::<u32>("stride")?;
+        let (window, stride) = resolve_window(
+            settings.integer_as::<u32>("window")?,
+            settings.integer_as::<u32>("stride")?,
+            input.width,
+            input.height,
+        );
         check_window(window, stride, input.width, input.height)?;
 
         let target = settings.class("target")?;
@@ -155,6 +164,28 @@ impl Options {
             top_k: settings.integer_as::<usize>("top-k")?,
         })
     }
+}
+
+/// The share of the frame's shorter side that an automatic window covers:
+/// on a 224-pixel ImageNet frame, 32 pixels, about the size of an eye or a
+/// wheel, and 49 windows at half-window strides.
+const AUTO_WINDOW_DIVISOR: f64 = 7.0;
+
+/// Replaces a `window` or `stride` of 0 with its automatic value for a
+/// `width` x `height` frame; other values are kept.
+fn resolve_window(window: u32, stride: u32, width: u32, height: u32) -> (u32, u32) {
+    let window = if window == 0 {
+        let side = f64::from(width.min(height));
+        ((side / AUTO_WINDOW_DIVISOR).round() as u32).max(1)
+    } else {
+        window
+    };
+    let stride = if stride == 0 {
+        (window / 2).max(1)
+    } else {
+        stride
+    };
+    (window, stride)
 }
 
 /// Checks the window against the `width` x `height` frame, whose size the
@@ -303,6 +334,21 @@ mod tests {
 
         assert!(error.to_string().contains("`window`"), "{error}");
         assert!(error.to_string().contains("at most 28"), "{error}");
+    }
+
+    #[test]
+    fn zero_window_and_stride_are_automatic() {
+        assert_eq!(resolve_window(0, 0, 224, 224), (32, 16));
+        assert_eq!(resolve_window(0, 0, 28, 28), (4, 2));
+        assert_eq!(resolve_window(0, 0, 640, 480), (69, 34));
+        assert_eq!(resolve_window(0, 0, 3, 5), (1, 1));
+        assert_eq!(resolve_window(0, 8, 224, 224), (32, 8));
+        assert_eq!(resolve_window(20, 0, 224, 224), (20, 10));
+        assert_eq!(
+            resolve_window(32, 16, 28, 28),
+            (32, 16),
+            "explicit values are kept"
+        );
     }
 
     #[test]
