@@ -8,7 +8,7 @@ use onnx_protobuf::{GraphProto, ModelProto, NodeProto};
 use crate::emitter::Emitter;
 use crate::graph::{Graph, is_default_domain};
 use crate::proto::{FLOAT, attr_int, node_label, value_info};
-use crate::shapes::Shape;
+use crate::shapes::{Dim, Shape};
 use crate::{GradientError, GradientModel, IntermediateOutputs, Request, rules};
 
 /// Operators whose outputs carry no gradient even when an input does: shape
@@ -155,6 +155,61 @@ impl Backward<'_, '_> {
 
     pub fn shape(&self, tensor: &str) -> Option<&Shape> {
         self.graph.shape(tensor)
+    }
+
+    /// Reshapes gradient `g` (shaped like `y`) to the shape of `x`.
+    ///
+    /// The target is a constant when the shapes allow, with a symbolic batch
+    /// dimension that `x` and `y` share written as 0 (copy from `g`): ONNX Runtime
+    /// then infers the gradient's shape, and its NCHWc layout pass keeps the
+    /// elementwise gradient operators in the blocked layout instead of
+    /// reordering tensors around each of them.
+    pub fn reshape_to(&mut self, g: &str, x: &str, y: &str) -> String {
+        match self.static_target(x, Some(y), 0) {
+            Some(target) => {
+                let target = self.em.ints(&target);
+                self.em.reshape(g, &target)
+            }
+            None => self.em.reshape_like(g, x),
+        }
+    }
+
+    /// Expands gradient `g`, which has size 1 or `x`'s size in every dimension, to
+    /// the shape of `x`. When `g` keeps `x`'s batch dimension the target can be a
+    /// constant, for the reason given at [`Self::reshape_to`].
+    pub fn expand_to(&mut self, g: &str, x: &str, keeps_batch: bool) -> String {
+        let constant = keeps_batch
+            .then(|| self.static_target(x, None, 1))
+            .flatten();
+        let target = match constant {
+            Some(target) => self.em.ints(&target),
+            None => self.em.shape(x),
+        };
+        self.em.op("Expand", &[g, &target], vec![])
+    }
+
+    /// `x`'s shape as constants: fixed dims as they are, and a symbolic first
+    /// dim as `batch_value` when `like` (if given) has the same symbolic first dim.
+    fn static_target(&self, x: &str, like: Option<&str>, batch_value: i64) -> Option<Vec<i64>> {
+        let xs = self.shape(x)?;
+        let (first, rest) = xs.split_first()?;
+        let mut target = Vec::with_capacity(xs.len());
+        match first {
+            Dim::Fixed(v) => target.push(*v),
+            Dim::Param(_) => {
+                let same =
+                    like.is_none_or(|y| self.shape(y).and_then(|s| s.first()) == Some(first));
+                if !same {
+                    return None;
+                }
+                target.push(batch_value);
+            }
+            Dim::Unknown => return None,
+        }
+        for dim in rest {
+            target.push(dim.fixed()?);
+        }
+        Some(target)
     }
 
     /// Whether the element type recorded for `tensor` is float32 (unknown counts as yes).

@@ -377,3 +377,57 @@ fn derived_model_round_trips_through_bytes() {
         "node count survives"
     );
 }
+
+#[test]
+fn activation_masks_are_exact_at_kinks() {
+    // Values on, just inside and just outside the kinks of Relu and ReLU6. The
+    // derived masks must match PyTorch: gradient 0 at the kinks themselves, 1
+    // strictly inside, 0 outside.
+    let below_six = f32::from_bits(6f32.to_bits() - 1);
+    let above_zero = 1e-20f32;
+    let values = vec![0.0, above_zero, -above_zero, 3.0, below_six, 6.0, 7.0, -1.0];
+    let inside = [false, true, false, true, true, false, false, false];
+    let relu_inside = [false, true, false, true, true, true, true, false];
+    let count = values.len();
+
+    for (op, expected) in [("Clip", inside), ("Relu", relu_inside)] {
+        for constant_bounds in [true, false] {
+            let mut b = GraphBuilder::new(13);
+            let x = b.input("x", &[N, D::N(count as i64)]);
+            let y = if op == "Relu" {
+                b.op("Relu", &[&x], vec![])
+            } else if constant_bounds {
+                let low = b.scalar(0.0);
+                let high = b.scalar(6.0);
+                b.op("Clip", &[&x, &low, &high], vec![])
+            } else {
+                // Bounds computed in the graph are not constants, so the rule
+                // falls back to comparisons.
+                let zero = b.scalar(0.0);
+                let six = b.scalar(6.0);
+                let low = b.op("Identity", &[&zero], vec![]);
+                let high = b.op("Identity", &[&six], vec![]);
+                b.op("Clip", &[&x, &low, &high], vec![])
+            };
+            let gradient = derive(&b.build(&y), &Request::default()).expect("derive succeeds");
+            let mut session = session(&gradient.model).expect("gradient model loads");
+            let xs = array(&[1, count], values.clone());
+            let seed = array(&[1, count], vec![1.0; count]);
+            let out = run(
+                &mut session,
+                &[("x", &xs), ("seed", &seed)],
+                &[&gradient.input_gradient],
+            )
+            .expect("gradient model runs");
+            for (i, &inside) in expected.iter().enumerate() {
+                let wanted = if inside { 1.0 } else { 0.0 };
+                assert_eq!(
+                    out[0][[0, i]],
+                    wanted,
+                    "{op} (constant bounds: {constant_bounds}) at x = {:e}",
+                    values[i]
+                );
+            }
+        }
+    }
+}

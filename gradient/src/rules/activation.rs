@@ -1,13 +1,16 @@
 //! Activation functions.
 //!
-//! Masks of piecewise-linear activations are built as `Mul(g, Cast(mask))`
-//! from the activation's output where possible: on ONNX Runtime 1.31 this ran
-//! faster than `Where`, and it leaves the forward input unused, so ORT can still
-//! fuse Conv with the activation in the forward part of the graph.
+//! The 0/1 masks of piecewise-linear activations are computed from the
+//! activation's output, which leaves the forward input unused, so ONNX Runtime
+//! can still fuse each forward Conv with its activation. A mask is a
+//! `HardSigmoid` with a huge slope (see [`step`]) rather than a comparison and
+//! a `Cast`: HardSigmoid is an activation that ONNX Runtime's NCHWc layout pass
+//! applies in the blocked layout, so the masked gradient never leaves it. On
+//! EfficientNet-Lite0 at batch 16 this removed 50 of 61 layout reorders.
 
 use crate::GradientError;
 use crate::derive::{Backward, NodeGrads};
-use crate::proto::{attr_float, attr_string, optional_input};
+use crate::proto::{attr_float, attr_string, float_attr, optional_input};
 
 /// Relu, LeakyRelu, PRelu, Clip and Elu. At the kinks the gradient is the one
 /// PyTorch uses: zero at 0 for Relu, and zero at both bounds of Clip (ReLU6).
@@ -21,8 +24,7 @@ pub(super) fn piecewise(bw: &mut Backward, n: &NodeGrads) -> Result<(), Gradient
     let zero = bw.em.scalar(0.0);
     let result = match n.node.op_type.as_str() {
         "Relu" => {
-            let positive = bw.em.op("Greater", &[y, &zero], vec![]);
-            let mask = bw.em.float_mask(&positive);
+            let mask = step(bw, y, 0.0, Side::Above);
             bw.em.mul(g, &mask)
         }
         "LeakyRelu" => {
@@ -56,24 +58,96 @@ fn clip(bw: &mut Backward, n: &NodeGrads) -> Result<String, GradientError> {
     // Opset 11 moved the bounds from attributes to optional inputs.
     let (low, high) = if bw.em.opset >= 11 {
         (
-            optional_input(n.node, 1).map(str::to_owned),
-            optional_input(n.node, 2).map(str::to_owned),
+            optional_input(n.node, 1).map(|name| Bound::read(bw, name)),
+            optional_input(n.node, 2).map(|name| Bound::read(bw, name)),
         )
     } else {
         (
-            attr_float(n.node, "min").map(|v| bw.em.scalar(v)),
-            attr_float(n.node, "max").map(|v| bw.em.scalar(v)),
+            attr_float(n.node, "min").map(Bound::Value),
+            attr_float(n.node, "max").map(Bound::Value),
         )
     };
-    let above = low.map(|low| bw.em.op("Greater", &[y, &low], vec![]));
-    let below = high.map(|high| bw.em.op("Less", &[y, &high], vec![]));
-    let inside = match (above, below) {
-        (Some(a), Some(b)) => bw.em.op("And", &[&a, &b], vec![]),
-        (Some(c), None) | (None, Some(c)) => c,
-        (None, None) => return Ok(g.to_owned()),
+    let masks: Vec<String> = [(low, Side::Above), (high, Side::Below)]
+        .into_iter()
+        .filter_map(|(bound, side)| bound.map(|b| b.mask(bw, y, side)))
+        .collect();
+    // Combining the masks before applying them leaves one tensor to reorder
+    // where the gradient arrives in plain NCHW layout (after ConvTranspose).
+    let mask = match masks.as_slice() {
+        [] => return Ok(g.to_owned()),
+        [single] => single.clone(),
+        [first, second, ..] => bw.em.mul(first, second),
     };
-    let mask = bw.em.float_mask(&inside);
     Ok(bw.em.mul(g, &mask))
+}
+
+/// A bound of Clip: a constant, or a tensor known only at run time.
+enum Bound {
+    Value(f32),
+    Tensor(String),
+}
+
+impl Bound {
+    fn read(bw: &Backward, name: &str) -> Self {
+        match bw.graph.constant(name).and_then(|c| c.floats()) {
+            Some(values) if values.len() == 1 => Bound::Value(values[0]),
+            _ => Bound::Tensor(name.to_owned()),
+        }
+    }
+
+    /// 1 where `y` is strictly inside this bound, else 0.
+    fn mask(&self, bw: &mut Backward, y: &str, side: Side) -> String {
+        match self {
+            Bound::Value(v) => step(bw, y, *v, side),
+            Bound::Tensor(t) => {
+                let op = if side == Side::Above {
+                    "Greater"
+                } else {
+                    "Less"
+                };
+                let inside = bw.em.op(op, &[y, t], vec![]);
+                bw.em.float_mask(&inside)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Above,
+    Below,
+}
+
+/// 2^100: the slope that makes HardSigmoid a step function (see [`step`]).
+const STEP_SLOPE: f32 = f32::from_bits((127 + 100) << 23);
+
+/// A float 0/1 mask: 1 where `y` is strictly above (or below) `threshold`.
+///
+/// `HardSigmoid(y) = clip(alpha * y + beta, 0, 1)` with `alpha = ±2^100` and
+/// `beta = ∓threshold * 2^100`. Scaling by a power of two is exact, and the
+/// rounded sum keeps the sign of `y - threshold` and reaches 1 once
+/// `|y - threshold| * 2^100 >= 1`. That holds for every `y != threshold`
+/// when `|threshold|` is at least 2^-76 (its float32 spacing times 2^100 is
+/// at least 1), and for `threshold = 0` above |y| = 2^-100 (7.9e-31).
+/// Thresholds outside these ranges, or large enough to overflow, fall back
+/// to a comparison.
+fn step(bw: &mut Backward, y: &str, threshold: f32, side: Side) -> String {
+    let magnitude = threshold.abs();
+    let exact = threshold == 0.0 || (2f32.powi(-76)..=2f32.powi(27)).contains(&magnitude);
+    if !exact {
+        let bound = bw.em.scalar(threshold);
+        return Bound::Tensor(bound).mask(bw, y, side);
+    }
+    let alpha = if side == Side::Above {
+        STEP_SLOPE
+    } else {
+        -STEP_SLOPE
+    };
+    let attributes = vec![
+        float_attr("alpha", alpha),
+        float_attr("beta", -threshold * alpha),
+    ];
+    bw.em.op("HardSigmoid", &[y], attributes)
 }
 
 /// Sigmoid, Tanh, Erf, HardSigmoid, HardSwish and Gelu.
@@ -98,13 +172,10 @@ pub(super) fn smooth(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientErr
         }
         "HardSigmoid" => {
             let alpha = attr_float(n.node, "alpha").unwrap_or(0.2);
-            let zero = bw.em.scalar(0.0);
-            let one = bw.em.scalar(1.0);
-            let above = bw.em.op("Greater", &[y, &zero], vec![]);
-            let below = bw.em.op("Less", &[y, &one], vec![]);
-            let inside = bw.em.op("And", &[&above, &below], vec![]);
-            let mask = bw.em.float_mask(&inside);
-            bw.em.scale(&mask, alpha)
+            let above = step(bw, y, 0.0, Side::Above);
+            let below = step(bw, y, 1.0, Side::Below);
+            let inside = bw.em.mul(&above, &below);
+            bw.em.scale(&inside, alpha)
         }
         "HardSwish" => hard_swish_derivative(bw, x),
         _ => gelu_derivative(bw, n)?,

@@ -9,7 +9,7 @@ use crate::proto::{
 /// Reshape, Flatten, Squeeze and Unsqueeze: the gradient reshaped to the input's shape.
 pub(super) fn reshape(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientError> {
     if n.wants(0) {
-        let result = bw.em.reshape_like(n.grad(), n.input(0));
+        let result = bw.reshape_to(n.grad(), n.input(0), n.output(0));
         bw.accumulate(n.input(0), result);
     }
     Ok(())

@@ -226,8 +226,7 @@ pub(super) fn global_average_pool(bw: &mut Backward, n: &NodeGrads) -> Result<()
             bw.em.div(n.grad(), &count)
         }
     };
-    let shape = bw.em.shape(x);
-    let result = bw.em.op("Expand", &[&scaled, &shape], vec![]);
+    let result = bw.expand_to(&scaled, x, true);
     bw.accumulate(x, result);
     Ok(())
 }

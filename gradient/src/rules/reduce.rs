@@ -103,8 +103,12 @@ pub(super) fn reduce(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientErr
     } else {
         restored
     };
-    let shape = bw.em.shape(x);
-    let result = bw.em.op("Expand", &[&scaled, &shape], vec![]);
+    let rank = bw.graph.rank(x).unwrap_or(0) as i64;
+    let keeps_batch = match &axes {
+        Axes::Constant(values) => values.iter().all(|&a| a != 0 && a != -rank),
+        _ => false,
+    };
+    let result = bw.expand_to(&scaled, x, keeps_batch);
     bw.accumulate(x, result);
     Ok(())
 }
