@@ -231,6 +231,26 @@ impl Server {
         }
     }
 
+    /// Runs a job through `client` to completion and returns its id and
+    /// manifest.
+    ///
+    /// # Panics
+    ///
+    /// When the job is rejected or does not complete, with its record and
+    /// the server's log.
+    pub fn completed_job(&self, client: &Client, spec: &Value) -> (String, Value) {
+        let record = client.run_job(spec).expect("run the job");
+        assert_eq!(
+            record["state"],
+            "completed",
+            "job record: {record}\nlog:\n{}",
+            self.log()
+        );
+        let id = record["id"].as_str().expect("job id").to_owned();
+        let manifest = client.manifest(&id).expect("manifest");
+        (id, manifest)
+    }
+
     /// A new client with its own session.
     pub fn client(&self) -> Client {
         Client::new(&self.url)
@@ -412,4 +432,41 @@ pub fn job(images: &[&str], models: &[&str], plugin: &str, settings: Value) -> V
         "models": models,
         "visualizations": [{"plugin": plugin, "settings": settings}],
     })
+}
+
+/// Returns the result of `model` for one image of a job manifest.
+///
+/// # Panics
+///
+/// When the image has no result for `model`, with the image's record.
+pub fn model_result<'a>(image: &'a Value, model: &str) -> &'a Value {
+    image["models"]
+        .as_array()
+        .and_then(|models| models.iter().find(|m| m["model"] == model))
+        .unwrap_or_else(|| panic!("no result for model {model} in {image}"))
+}
+
+/// Returns the render of the job's `index`-th visualization in a model
+/// result.
+///
+/// # Panics
+///
+/// When there is no such render, with the model result.
+pub fn render_of(model: &Value, index: u64) -> &Value {
+    model["renders"]
+        .as_array()
+        .and_then(|renders| renders.iter().find(|r| r["visualization"] == index))
+        .unwrap_or_else(|| panic!("no render of visualization {index} in {model}"))
+}
+
+/// Returns the first heatmap panel of a render.
+///
+/// # Panics
+///
+/// When the render has no heatmap panel, with the render.
+pub fn heatmap_panel(render: &Value) -> &Value {
+    render["panels"]
+        .as_array()
+        .and_then(|panels| panels.iter().find(|p| p["kind"] == "heatmap"))
+        .unwrap_or_else(|| panic!("no heatmap panel in {render}"))
 }

@@ -10,8 +10,10 @@ use ndarray_npy::ReadNpyExt;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
-use picasso_tests::{Server, ServerOptions, data, repo_root};
-use serde_json::{Value, json};
+use picasso_tests::{
+    Server, ServerOptions, data, heatmap_panel, model_result, render_of, repo_root,
+};
+use serde_json::json;
 
 /// ImageNet's domestic cat classes: tabby, tiger cat, Persian, Siamese,
 /// Egyptian Mau.
@@ -80,22 +82,15 @@ fn cat_photo_occlusion_end_to_end() {
             {"plugin": "occlusion", "settings": {"window": 64, "stride": 16, "fill": "black"}},
         ],
     });
-    let record = client.run_job(&spec).expect("run the job");
-    assert_eq!(
-        record["state"],
-        "completed",
-        "job record: {record}\nlog:\n{}",
-        server.log()
-    );
-    let id = record["id"].as_str().expect("job id");
-    let manifest = client.manifest(id).expect("manifest");
+    let (id, manifest) = server.completed_job(&client, &spec);
+    let id = id.as_str();
 
     let image_result = &manifest["images"][0];
     let bundled = model_result(image_result, "efficientnet-lite0");
     let stretched = model_result(image_result, "efficientnet-lite0-stretch");
 
     // Top-1 from the class-probabilities plugin is a cat class.
-    let scores = &render(bundled, 0)["panels"][0]["scores"];
+    let scores = &render_of(bundled, 0)["panels"][0]["scores"];
     let top = scores[0]["index"].as_u64().expect("top-1 index");
     assert!(
         CAT_CLASSES.contains(&top),
@@ -110,7 +105,7 @@ fn cat_photo_occlusion_end_to_end() {
     );
 
     // The plugin's occlusion map equals an independent computation.
-    let occlusion = render(bundled, 1);
+    let occlusion = render_of(bundled, 1);
     assert!(
         occlusion["error"].is_null(),
         "occlusion failed: {}",
@@ -145,7 +140,7 @@ fn cat_photo_occlusion_end_to_end() {
 
     // Occluding the face hurts more than occluding the background, which
     // only the stretched frame contains.
-    let stretched_occlusion = render(stretched, 2);
+    let stretched_occlusion = render_of(stretched, 2);
     let map = read_npy(
         &client
             .job_file(
@@ -173,28 +168,6 @@ fn cat_photo_occlusion_end_to_end() {
         let bytes = client.job_file(id, file).expect("rendered file");
         assert!(bytes.starts_with(b"\x89PNG"), "{path} is a PNG");
     }
-}
-
-fn model_result<'a>(image: &'a Value, model: &str) -> &'a Value {
-    image["models"]
-        .as_array()
-        .and_then(|models| models.iter().find(|m| m["model"] == model))
-        .unwrap_or_else(|| panic!("no result for model {model} in {image}"))
-}
-
-/// The render of the job's `index`-th visualization.
-fn render(model: &Value, index: u64) -> &Value {
-    model["renders"]
-        .as_array()
-        .and_then(|renders| renders.iter().find(|r| r["visualization"] == index))
-        .unwrap_or_else(|| panic!("no render of visualization {index} in {model}"))
-}
-
-fn heatmap_panel(render: &Value) -> &Value {
-    render["panels"]
-        .as_array()
-        .and_then(|panels| panels.iter().find(|p| p["kind"] == "heatmap"))
-        .unwrap_or_else(|| panic!("no heatmap panel in {render}"))
 }
 
 fn read_npy(bytes: &[u8]) -> Array2<f32> {
