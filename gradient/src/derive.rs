@@ -328,7 +328,9 @@ fn default_output(graph: &Graph) -> Result<String, GradientError> {
             if is_default_domain(node)
                 && matches!(node.op_type.as_str(), "Softmax" | "LogSoftmax") =>
         {
-            Ok(node.input[0].clone())
+            node.input.first().cloned().ok_or_else(|| {
+                GradientError::Malformed(format!("node `{}` has no input", node_label(node)))
+            })
         }
         _ => Ok((*output).to_owned()),
     }

@@ -165,7 +165,7 @@ pub(crate) fn read_tensor(tensor: &TensorProto) -> Option<Constant> {
         }),
         _ => return None,
     };
-    let expected: i64 = dims.iter().product();
+    let expected = crate::shapes::checked_product(&dims)?;
     let found = match &values {
         Values::Float(v) => v.len(),
         Values::Int(v) => v.len(),

@@ -69,9 +69,9 @@ fn infer_node(graph: &Graph, node: &NodeProto, shapes: &HashMap<String, Shape>) 
             Some(result)
         }
         "Conv" => {
-            let weight = graph.shape_or_constant_dims(&node.input[1], shapes)?;
+            let weight = graph.shape_or_constant_dims(optional_input(node, 1)?, shapes)?;
             let x = input(0)?;
-            let spatial = window_output(node, x, &weight[2..].to_vec(), false)?;
+            let spatial = window_output(node, x, &weight.get(2..)?.to_vec(), false)?;
             let mut out = vec![x.first()?.clone(), weight.first()?.clone()];
             out.extend(spatial);
             Some(out)
@@ -129,7 +129,7 @@ fn infer_node(graph: &Graph, node: &NodeProto, shapes: &HashMap<String, Shape>) 
         }
         "Reshape" => {
             let x = input(0)?;
-            let target = graph.constant(&node.input[1])?.ints()?;
+            let target = graph.constant(optional_input(node, 1)?)?.ints()?;
             reshape(x, &target)
         }
         _ => None,
@@ -139,8 +139,22 @@ fn infer_node(graph: &Graph, node: &NodeProto, shapes: &HashMap<String, Shape>) 
 fn product(dims: &[Dim]) -> Dim {
     dims.iter()
         .map(Dim::fixed)
-        .try_fold(1i64, |acc, d| Some(acc * d?))
+        .try_fold(1i64, |acc, d| acc.checked_mul(d?))
         .map_or(Dim::Unknown, Dim::Fixed)
+}
+
+/// The product of `values`, or `None` on overflow.
+pub(crate) fn checked_product(values: &[i64]) -> Option<i64> {
+    values.iter().try_fold(1i64, |acc, &v| acc.checked_mul(v))
+}
+
+/// Strides, dilations and explicit pads of a windowed operator, when they have
+/// one positive entry per spatial axis (pads: two, and non-negative).
+pub(crate) fn window_attributes(node: &NodeProto, spatial: usize) -> Option<(Vec<i64>, Vec<i64>)> {
+    let strides = attr_ints(node, "strides").unwrap_or_else(|| vec![1; spatial]);
+    let dilations = attr_ints(node, "dilations").unwrap_or_else(|| vec![1; spatial]);
+    let valid = |v: &Vec<i64>| v.len() == spatial && v.iter().all(|&x| x > 0);
+    (valid(&strides) && valid(&dilations)).then_some((strides, dilations))
 }
 
 /// The numpy-style broadcast of two shapes, or `None` when undecidable.
@@ -175,13 +189,14 @@ fn reshape(x: &Shape, target: &[i64]) -> Option<Shape> {
         })
         .collect();
     if let Some(hole) = target.iter().position(|&t| t == -1) {
-        let total = fixed_dims(x).map(|d| d.iter().product::<i64>());
-        let known: Option<i64> = out
+        let total = fixed_dims(x).and_then(|d| checked_product(&d));
+        let known: Option<Vec<i64>> = out
             .iter()
             .enumerate()
             .filter(|&(i, _)| i != hole)
             .map(|(_, d)| d.fixed())
-            .product();
+            .collect();
+        let known = known.and_then(|k| checked_product(&k));
         if let (Some(total), Some(known)) = (total, known) {
             if known > 0 {
                 out[hole] = Dim::Fixed(total / known);
@@ -190,14 +205,15 @@ fn reshape(x: &Shape, target: &[i64]) -> Option<Shape> {
             && target.first() == Some(&0)
         {
             // `[0, -1]` after a symbolic batch: the rest is the product of fixed dims.
-            let rest = fixed_dims(&x[1..].to_vec())?.iter().product::<i64>();
-            let others: Option<i64> = out[1..]
+            let rest = checked_product(&fixed_dims(&x[1..].to_vec())?)?;
+            let others: Option<Vec<i64>> = out[1..]
                 .iter()
                 .enumerate()
                 .filter(|&(i, _)| i + 1 != hole)
                 .map(|(_, d)| d.fixed())
-                .product();
-            out[hole] = Dim::Fixed(rest / others.filter(|&o| o > 0)?);
+                .collect();
+            let others = checked_product(&others?)?;
+            out[hole] = Dim::Fixed(rest / Some(others).filter(|&o| o > 0)?);
         }
     }
     Some(out)
@@ -211,8 +227,7 @@ pub(crate) fn window_pads(
     kernel: &[i64],
 ) -> Option<(Vec<i64>, Vec<i64>)> {
     let n = kernel.len();
-    let strides = attr_ints(node, "strides").unwrap_or_else(|| vec![1; n]);
-    let dilations = attr_ints(node, "dilations").unwrap_or_else(|| vec![1; n]);
+    let (strides, dilations) = window_attributes(node, n)?;
     let auto_pad = attr_string(node, "auto_pad").unwrap_or_else(|| "NOTSET".into());
     match auto_pad.as_str() {
         "VALID" => Some((vec![0; n], vec![0; n])),
@@ -241,7 +256,8 @@ pub(crate) fn window_pads(
         }
         _ => {
             let pads = attr_ints(node, "pads").unwrap_or_else(|| vec![0; 2 * n]);
-            (pads.len() == 2 * n).then(|| (pads[..n].to_vec(), pads[n..].to_vec()))
+            (pads.len() == 2 * n && pads.iter().all(|&p| p >= 0))
+                .then(|| (pads[..n].to_vec(), pads[n..].to_vec()))
         }
     }
 }
@@ -254,8 +270,7 @@ fn window_output(node: &NodeProto, x: &Shape, kernel: &Shape, ceil: bool) -> Opt
         return None;
     }
     let (begin, end) = window_pads(node, spatial_in, &kernel)?;
-    let strides = attr_ints(node, "strides").unwrap_or_else(|| vec![1; n]);
-    let dilations = attr_ints(node, "dilations").unwrap_or_else(|| vec![1; n]);
+    let (strides, dilations) = window_attributes(node, n)?;
     Some(
         (0..n)
             .map(|i| match spatial_in[i].fixed() {

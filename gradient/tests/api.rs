@@ -431,3 +431,33 @@ fn activation_masks_are_exact_at_kinks() {
         }
     }
 }
+
+#[test]
+fn malformed_graphs_are_errors() {
+    // Strides with the wrong number of entries.
+    let mut b = GraphBuilder::new(17);
+    let x = b.input("x", &[N, D::N(1), D::N(5), D::N(5)]);
+    let w = b.floats(&[1, 1, 3, 3], vec![0.1; 9]);
+    let y = b.op("Conv", &[&x, &w], vec![ints("strides", &[2])]);
+    let error = derive(&b.build(&y), &Request::default()).expect_err("bad strides are rejected");
+    assert!(
+        error.to_string().contains("strides"),
+        "message names the attribute: {error}"
+    );
+
+    // A node that reads a tensor before it is produced.
+    let (mut model, _) = softmax_classifier();
+    model.graph.as_mut().expect("graph").node.reverse();
+    let error = derive(&model, &Request::default()).expect_err("unordered nodes are rejected");
+    assert!(
+        matches!(error, GradientError::Malformed(_)),
+        "error kind: {error:?}"
+    );
+
+    // No graph at all.
+    let error = derive(&ModelProto::default(), &Request::default()).expect_err("no graph");
+    assert!(
+        matches!(error, GradientError::Malformed(_)),
+        "error kind: {error:?}"
+    );
+}

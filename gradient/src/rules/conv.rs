@@ -11,8 +11,8 @@
 
 use crate::GradientError;
 use crate::derive::{Backward, NodeGrads};
-use crate::proto::{Values, attr_int, attr_ints, int_attr, ints_attr};
-use crate::shapes::{Dim, fixed_dims, window_pads};
+use crate::proto::{Values, attr_int, int_attr, ints_attr};
+use crate::shapes::{Dim, fixed_dims, window_attributes, window_pads};
 
 /// The geometry of a windowed operator, with `auto_pad` resolved.
 #[derive(Debug, Clone)]
@@ -32,6 +32,14 @@ impl Window {
             .shape(n.input(0))
             .and_then(|s| s.get(2..).map(<[Dim]>::to_vec))
             .unwrap_or_else(|| vec![Dim::Unknown; spatial]);
+        if kernel.iter().any(|&k| k <= 0) {
+            return Err(n.unsupported(format!("kernel shape {kernel:?} is not positive")));
+        }
+        let (strides, dilations) = window_attributes(n.node, spatial).ok_or_else(|| {
+            n.unsupported(format!(
+                "strides and dilations must have {spatial} positive entries, one per spatial axis"
+            ))
+        })?;
         let (pads_begin, pads_end) =
             window_pads(n.node, &spatial_in, &kernel).ok_or_else(|| {
                 GradientError::MissingShape {
@@ -40,8 +48,8 @@ impl Window {
                 }
             })?;
         Ok(Window {
-            strides: attr_ints(n.node, "strides").unwrap_or_else(|| vec![1; spatial]),
-            dilations: attr_ints(n.node, "dilations").unwrap_or_else(|| vec![1; spatial]),
+            strides,
+            dilations,
             kernel,
             pads_begin,
             pads_end,

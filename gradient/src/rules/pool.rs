@@ -6,7 +6,7 @@ use crate::derive::{Backward, NodeGrads};
 use crate::proto::{
     FLOAT, attr_int, attr_ints, float_tensor, int_attr, ints_attr, string_attr, tensor_attr,
 };
-use crate::shapes::fixed_dims;
+use crate::shapes::{checked_product, fixed_dims};
 
 /// MaxPool: each window's gradient goes to the position its maximum came from.
 ///
@@ -119,7 +119,9 @@ pub(super) fn average_pool(bw: &mut Backward, n: &NodeGrads) -> Result<(), Gradi
     let window = Window::read(bw, n, kernel.clone())?;
     check_ceil_mode(bw, n, &window)?;
     let x = n.input(0);
-    let volume: i64 = kernel.iter().product();
+    let volume = checked_product(&kernel)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| n.unsupported(format!("kernel shape {kernel:?} is invalid")))?;
     let padded = window
         .pads_begin
         .iter()
@@ -212,7 +214,7 @@ pub(super) fn global_average_pool(bw: &mut Backward, n: &NodeGrads) -> Result<()
         .shape(x)
         .and_then(|s| s.get(2..).map(<[_]>::to_vec))
         .and_then(|s| fixed_dims(&s))
-        .map(|dims| dims.iter().product::<i64>());
+        .and_then(|dims| checked_product(&dims));
     let scaled = match positions {
         Some(count) => bw.em.scale(n.grad(), 1.0 / count as f32),
         None => {

@@ -3,7 +3,7 @@
 use crate::GradientError;
 use crate::derive::{Backward, NodeGrads};
 use crate::proto::{attr_int, attr_ints, int_attr, optional_input};
-use crate::shapes::fixed_dims;
+use crate::shapes::{checked_product, fixed_dims};
 
 /// Softmax and LogSoftmax.
 ///
@@ -132,13 +132,16 @@ fn static_count(bw: &Backward, x: &str, axes: Option<&[i64]>) -> Option<i64> {
     let shape = bw.shape(x)?;
     let rank = shape.len() as i64;
     match axes {
-        None => fixed_dims(shape).map(|dims| dims.iter().product()),
-        Some(axes) => axes
-            .iter()
-            .map(|&a| {
-                let a = usize::try_from(if a < 0 { a + rank } else { a }).ok()?;
-                shape.get(a)?.fixed()
-            })
-            .product(),
+        None => fixed_dims(shape).and_then(|dims| checked_product(&dims)),
+        Some(axes) => {
+            let dims: Option<Vec<i64>> = axes
+                .iter()
+                .map(|&a| {
+                    let a = usize::try_from(if a < 0 { a + rank } else { a }).ok()?;
+                    shape.get(a)?.fixed()
+                })
+                .collect();
+            checked_product(&dims?)
+        }
     }
 }
