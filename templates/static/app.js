@@ -291,11 +291,38 @@
 
   // -------------------------------------------------------- settings forms
 
-  /** Picks the model whose labels and tensors the class and tensor settings
-   *  list: the first chosen one, since one job shares settings across models. */
-  function referenceModel() {
-    const chosen = selectedModels();
-    return modelById(chosen[0]) || catalog.models[0] || null;
+  /** The chosen models, or the first model while none is chosen, so the
+   *  forms still list classes and tensors before the user picks. */
+  function formModels() {
+    const chosen = selectedModels().map(modelById).filter(Boolean);
+    return chosen.length > 0 ? chosen : catalog.models.slice(0, 1);
+  }
+
+  /** Lists the classes that every model in `models` has. One job shares its
+   *  settings across models, and the server rejects a class index that one
+   *  of them lacks. An index can name a different class in each model, so
+   *  each entry keeps every distinct label. */
+  function sharedClasses(models) {
+    if (models.length === 0) return [];
+    const count = Math.min(...models.map((model) => Math.min(model.classes, (model.labels || []).length)));
+    const classes = [];
+    for (let index = 0; index < count; index++) {
+      const labels = Array.from(new Set(models.map((model) => model.labels[index])));
+      classes.push({ index: index, labels: labels });
+    }
+    return classes;
+  }
+
+  /** Lists the tensors (by name) that every model in `models` has, in the
+   *  first model's order, described by the first model's op and shape. */
+  function sharedTensors(models) {
+    if (models.length === 0) return [];
+    const others = models.slice(1).map((model) => new Set((model.tensors || []).map((tensor) => tensor.name)));
+    return (models[0].tensors || []).filter((tensor) => others.every((names) => names.has(tensor.name)));
+  }
+
+  function modelNames(models) {
+    return models.map((model) => model.name).join(", ");
   }
 
   function renderAllSettings() {
@@ -314,15 +341,15 @@
     }
     // Keep what the user typed when the form is rebuilt for another model.
     const previous = readSettings(card, true).values;
-    const model = referenceModel();
+    const models = formModels();
     const rows = plugin.settings.map((setting, index) =>
-      settingRow(plugin, setting, index, model, Object.prototype.hasOwnProperty.call(previous, setting.name) ? previous[setting.name] : setting.default)
+      settingRow(plugin, setting, index, models, Object.prototype.hasOwnProperty.call(previous, setting.name) ? previous[setting.name] : setting.default)
     );
     fieldset.replaceChildren(legend, ...rows);
     show(fieldset, true);
   }
 
-  function settingRow(plugin, setting, index, model, value) {
+  function settingRow(plugin, setting, index, models, value) {
     const id = "setting-" + plugin.id + "-" + index;
     const helpId = id + "-help";
     const kind = setting.kind || {};
@@ -352,38 +379,15 @@
         control = el("input", Object.assign({}, common, { type: "checkbox", checked: Boolean(value) }));
         break;
       case "class": {
-        const labels = model ? model.labels : [];
-        control = el(
-          "select",
-          common,
-          el("option", { value: "", text: "Top-1 predicted class", selected: value === null || value === undefined }),
-          labels.map((label, classIndex) => el("option", { value: String(classIndex), text: classIndex + ": " + label, selected: value === classIndex }))
-        );
-        const search = el("input", {
-          type: "search",
-          class: "class-search",
-          placeholder: "Search " + labels.length + " classes",
-          "aria-label": "Search the classes of " + (model ? model.name : "the model") + " for " + setting.label,
-          on: { input: (event) => filterOptions(control, event.target.value) },
-        });
-        extra = el("span", { class: "muted small", text: model ? "Labels of " + model.name : "Choose a model to list its classes" });
-        control = el("div", { class: "class-picker" }, search, control);
+        const picker = classPicker(setting, common, models, value);
+        control = picker.control;
+        extra = picker.note;
         break;
       }
       case "tensor": {
-        const tensors = model ? model.tensors || [] : [];
-        control = el(
-          "select",
-          common,
-          el("option", { value: "", text: "Plugin default", selected: value === null || value === undefined }),
-          tensors.map((tensor) =>
-            el("option", {
-              value: tensor.name,
-              text: tensor.name + " (" + tensor.op_type + ", " + (tensor.shape || []).join("\u00d7") + ")",
-              selected: value === tensor.name,
-            })
-          )
-        );
+        const picker = tensorPicker(common, models, value);
+        control = picker.control;
+        extra = picker.note;
         break;
       }
       default:
@@ -393,6 +397,76 @@
     const help = setting.help ? el("small", { id: helpId, class: "help", text: setting.help }) : null;
     const range = kind.type === "integer" || kind.type === "float" ? el("span", { class: "muted small", text: formatNumber(kind.min) + " to " + formatNumber(kind.max) }) : null;
     return el("div", { class: "setting-row" + (kind.type === "boolean" ? " inline" : "") }, label, control, range, extra, help);
+  }
+
+  /** Builds a class select with a search box. Returns the control and a
+   *  note that names the models whose labels it lists, and a class the user
+   *  had chosen that is no longer offered. */
+  function classPicker(setting, common, models, value) {
+    const classes = sharedClasses(models);
+    const chosen = typeof value === "number" ? value : null;
+    const offered = chosen !== null && chosen < classes.length;
+    const select = el(
+      "select",
+      common,
+      el("option", { value: "", text: "Top predicted", selected: !offered }),
+      classes.map((entry) => el("option", { value: String(entry.index), text: classOptionText(entry), selected: offered && entry.index === chosen }))
+    );
+    const search = el("input", {
+      type: "search",
+      class: "class-search",
+      placeholder: "Search " + classes.length + " classes",
+      "aria-label": "Search the classes of " + (models.length > 0 ? modelNames(models) : "the model") + " for " + setting.label,
+      on: { input: (event) => filterOptions(select, event.target.value) },
+    });
+    const notes = [];
+    if (models.length === 0) notes.push("Choose a model to list its classes.");
+    else if (models.length === 1) notes.push("Labels of " + models[0].name + ".");
+    else {
+      notes.push("Only classes 0 to " + (classes.length - 1) + ", which every chosen model has. Labels of " + models.map((model) => model.name).join(" / ") + ".");
+      if (classes.some((entry) => entry.labels.length > 1)) notes.push("An index can mean a different class in each model.");
+    }
+    if (chosen !== null && !offered) notes.push("Class " + chosen + " is not a class of every chosen model, so the top predicted class is used.");
+    return {
+      control: el("div", { class: "class-picker" }, search, select),
+      note: el("span", { class: "muted small", text: notes.join(" ") }),
+    };
+  }
+
+  /** Names a class by index and labels, leaving out labels that only repeat
+   *  the index (MNIST's "3"). */
+  function classOptionText(entry) {
+    const index = String(entry.index);
+    if (entry.labels.every((label) => label === index)) return index;
+    return index + ": " + entry.labels.join(" / ");
+  }
+
+  /** Builds a tensor select over the tensors that every chosen model has. */
+  function tensorPicker(common, models, value) {
+    const tensors = sharedTensors(models);
+    const offered = typeof value === "string" && tensors.some((tensor) => tensor.name === value);
+    const control = el(
+      "select",
+      common,
+      el("option", { value: "", text: "Plugin default", selected: !offered }),
+      tensors.map((tensor) =>
+        el("option", {
+          value: tensor.name,
+          text: tensor.name + " (" + tensor.op_type + ", " + (tensor.shape || []).join("\u00d7") + ")",
+          selected: offered && value === tensor.name,
+        })
+      )
+    );
+    const notes = [];
+    if (models.length > 1) {
+      notes.push(
+        tensors.length > 0
+          ? "Only the " + tensors.length + " tensors that every chosen model has, with the shapes of " + models[0].name + "."
+          : "No tensor name is shared by every chosen model, so each model uses the plugin's default."
+      );
+    }
+    if (typeof value === "string" && !offered) notes.push("Tensor " + value + " is not in every chosen model, so the plugin's default is used.");
+    return { control: control, note: notes.length > 0 ? el("span", { class: "muted small", text: notes.join(" ") }) : null };
   }
 
   /** Computes a step that gives about a hundred values between the bounds. */
