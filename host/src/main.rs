@@ -134,14 +134,15 @@ fn list_models(config: &Config) -> anyhow::Result<ExitCode> {
     for model in catalog.models() {
         let input = &model.declaration.input;
         println!(
-            "{}\t{}\t{} classes\t{}x{} {:?} {:?}\tsha256:{}",
+            "{}\t{}\t{} classes\t{}x{} {} {}\tgradients: {}\tsha256:{}",
             model.id(),
             model.declaration.name,
             model.classes(),
             input.width,
             input.height,
-            input.color,
-            input.layout,
+            serde_name(&input.color),
+            serde_name(&input.layout),
+            model.summary().gradients.as_deref().unwrap_or("available"),
             &model.content_hash[..12]
         );
     }
@@ -153,6 +154,14 @@ fn list_models(config: &Config) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The name a value has in declarations, such as `RGB` or `NCHW`.
+fn serde_name(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => String::new(),
+    }
 }
 
 fn list_plugins(config: &Config) -> anyhow::Result<ExitCode> {
