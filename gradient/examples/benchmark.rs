@@ -171,8 +171,8 @@ fn input_shape(model: &ModelProto, batch: usize) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// The minimum and median wall time in milliseconds of `runs` calls, after one
-/// warm-up call.
+/// Runs `call` once to warm up, then `runs` times, and returns the minimum and
+/// median wall time in milliseconds.
 fn time(runs: usize, mut call: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
     call()?;
     let mut times = Vec::with_capacity(runs);

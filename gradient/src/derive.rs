@@ -80,8 +80,8 @@ impl NodeGrads<'_> {
         self.wants.get(i).copied().unwrap_or(false)
     }
 
-    /// The gradient of output 0, which every rule's caller guarantees to exist for
-    /// single-output operators.
+    /// Returns the gradient of output 0, which exists whenever a rule runs for a
+    /// single-output operator.
     pub fn grad(&self) -> &str {
         self.outputs
             .first()
@@ -93,7 +93,7 @@ impl NodeGrads<'_> {
         node_label(self.node)
     }
 
-    /// An error for an input whose gradient this operator's rule does not derive.
+    /// Builds the error for an input whose gradient this operator's rule does not derive.
     pub fn unsupported_input(&self, i: usize, what: &str) -> GradientError {
         GradientError::UnsupportedForm {
             op_type: self.node.op_type.clone(),
@@ -124,7 +124,7 @@ impl Backward<'_, '_> {
             .push(gradient);
     }
 
-    /// The summed gradient of `tensor`; call only after all its consumers are processed.
+    /// Sums the gradient of `tensor`. Call it only after all its consumers are processed.
     fn total(&mut self, tensor: &str) -> Option<String> {
         if let Some(total) = self.totals.get(tensor) {
             return total.clone();
@@ -142,7 +142,7 @@ impl Backward<'_, '_> {
         total
     }
 
-    /// The summed gradient of `tensor`, or zeros shaped like it when nothing flows back.
+    /// Sums the gradient of `tensor`, or makes zeros shaped like it when nothing flows back.
     fn total_or_zeros(&mut self, tensor: &str) -> String {
         match self.total(tensor) {
             Some(total) => total,
@@ -160,8 +160,8 @@ impl Backward<'_, '_> {
     /// Reshapes gradient `g` (shaped like `y`) to the shape of `x`.
     ///
     /// The target is a constant when the shapes allow, with a symbolic batch
-    /// dimension that `x` and `y` share written as 0 (copy from `g`): ONNX Runtime
-    /// then infers the gradient's shape, and its NCHWc layout pass keeps the
+    /// dimension that `x` and `y` share written as 0 (copy from `g`). ONNX Runtime
+    /// can then infer the gradient's shape, so its NCHWc layout pass keeps the
     /// elementwise gradient operators in the blocked layout instead of
     /// reordering tensors around each of them.
     pub fn reshape_to(&mut self, g: &str, x: &str, y: &str) -> String {
@@ -212,7 +212,7 @@ impl Backward<'_, '_> {
         Some(target)
     }
 
-    /// Whether the element type recorded for `tensor` is float32 (unknown counts as yes).
+    /// Tells whether the element type recorded for `tensor` is float32 (unknown counts as yes).
     fn is_float(&self, tensor: &str) -> bool {
         self.graph.elem_type(tensor).is_none_or(|t| t == FLOAT)
     }
@@ -307,8 +307,8 @@ fn resolve(graph: &Graph, request: &Request) -> Result<Targets, GradientError> {
     })
 }
 
-/// The single graph output, or the input of the Softmax or LogSoftmax producing it:
-/// probabilities saturate near 0 and 1, so their gradients vanish.
+/// Picks the single graph output, or the input of the Softmax or LogSoftmax
+/// producing it, because gradients of probabilities vanish near 0 and 1.
 fn default_output(graph: &Graph) -> Result<String, GradientError> {
     let outputs: Vec<&str> = graph
         .proto()

@@ -141,14 +141,14 @@ impl<'m> Graph<'m> {
         self.initializers.contains(tensor)
     }
 
-    /// Whether `tensor` names a value of the graph: an input, initializer or node output.
+    /// Tells whether `tensor` names a value of the graph: an input, initializer or node output.
     pub fn contains(&self, tensor: &str) -> bool {
         self.producers.contains_key(tensor)
             || self.is_initializer(tensor)
             || self.proto.input.iter().any(|i| i.name == tensor)
     }
 
-    /// The graph inputs that are not initializers, in order.
+    /// Lists the graph inputs that are not initializers, in order.
     pub fn runtime_inputs(&self) -> Vec<&'m str> {
         self.proto
             .input
@@ -158,7 +158,7 @@ impl<'m> Graph<'m> {
             .collect()
     }
 
-    /// The value of an initializer or `Constant` node output.
+    /// Returns the value of an initializer or `Constant` node output.
     pub fn constant(&self, tensor: &str) -> Option<&Constant> {
         self.constants.get(tensor)
     }
@@ -175,7 +175,7 @@ impl<'m> Graph<'m> {
         self.shape(tensor).map(Vec::len)
     }
 
-    /// The shape from `shapes`, or from the constant's dims (used while inferring).
+    /// Returns the shape from `shapes`, or the constant's dims (used while inferring).
     pub fn shape_or_constant_dims(
         &self,
         tensor: &str,

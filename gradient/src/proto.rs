@@ -15,7 +15,7 @@ pub(crate) const FLOAT: i32 = DataType::FLOAT as i32;
 /// `TensorProto.DataType` of int64.
 pub(crate) const INT64: i32 = DataType::INT64 as i32;
 
-/// The name used for a node in messages: its name, or its first output when unnamed.
+/// Names a node in messages by its name, or by its first output when unnamed.
 pub(crate) fn node_label(node: &NodeProto) -> String {
     if !node.name.is_empty() {
         return node.name.clone();
@@ -47,7 +47,7 @@ pub(crate) fn attr_tensor<'n>(node: &'n NodeProto, name: &str) -> Option<&'n Ten
     attribute(node, name).and_then(|a| a.t.as_ref())
 }
 
-/// The input at `index`, or `None` when it is absent or given as the empty name.
+/// Returns the input at `index`, or `None` when it is absent or the empty name.
 pub(crate) fn optional_input(node: &NodeProto, index: usize) -> Option<&str> {
     node.input
         .get(index)
@@ -228,7 +228,7 @@ pub(crate) fn int_tensor(name: &str, dims: &[i64], values: &[i64]) -> TensorProt
     }
 }
 
-/// The element type and shape recorded in a value info, when it describes a tensor.
+/// Reads the element type and shape recorded in a value info of a tensor.
 pub(crate) fn tensor_type(info: &ValueInfoProto) -> Option<(i32, Option<Shape>)> {
     let Some(TypeValue::TensorType(t)) = info.type_.as_ref().and_then(|t| t.value.as_ref()) else {
         return None;
@@ -246,7 +246,7 @@ pub(crate) fn tensor_type(info: &ValueInfoProto) -> Option<(i32, Option<Shape>)>
     Some((t.elem_type, shape))
 }
 
-/// A value info for a tensor of `elem_type`, with `shape` when known.
+/// Builds a value info for a tensor of `elem_type`, with `shape` when known.
 pub(crate) fn value_info(name: &str, elem_type: i32, shape: Option<&Shape>) -> ValueInfoProto {
     let shape = shape.map(|dims| TensorShapeProto {
         dim: dims

@@ -185,7 +185,7 @@ pub(crate) fn unbroadcast_shaped(
     Ok(dynamic_unbroadcast(bw, g, x))
 }
 
-/// The axes of `y` over which `x` was broadcast, or `None` when undecidable.
+/// Finds the axes of `y` over which `x` was broadcast, or `None` when undecidable.
 fn static_broadcast_axes(xs: &[Dim], ys: &[Dim]) -> Option<Vec<i64>> {
     if xs.len() > ys.len() {
         return None;

@@ -33,7 +33,7 @@ impl Dim {
 
 pub(crate) type Shape = Vec<Dim>;
 
-/// The fixed sizes of a shape, when every dimension is fixed.
+/// Returns the sizes of a shape whose dimensions are all fixed.
 pub(crate) fn fixed_dims(shape: &Shape) -> Option<Vec<i64>> {
     shape.iter().map(Dim::fixed).collect()
 }
@@ -143,7 +143,7 @@ fn product(dims: &[Dim]) -> Dim {
         .map_or(Dim::Unknown, Dim::Fixed)
 }
 
-/// The product of `values`, or `None` on overflow.
+/// Multiplies `values`, returning `None` on overflow.
 pub(crate) fn checked_product(values: &[i64]) -> Option<i64> {
     values.iter().try_fold(1i64, |acc, &v| acc.checked_mul(v))
 }
@@ -157,7 +157,7 @@ pub(crate) fn window_attributes(node: &NodeProto, spatial: usize) -> Option<(Vec
     (valid(&strides) && valid(&dilations)).then_some((strides, dilations))
 }
 
-/// The numpy-style broadcast of two shapes, or `None` when undecidable.
+/// Broadcasts two shapes numpy-style, or returns `None` when undecidable.
 pub(crate) fn broadcast(a: &Shape, b: &Shape) -> Option<Shape> {
     let rank = a.len().max(b.len());
     let pad = |s: &Shape, i: usize| -> Dim {

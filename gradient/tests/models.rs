@@ -17,10 +17,10 @@ use picasso_gradient::{Request, derive};
 use serde_json::Value;
 
 /// Cosine similarity that a gradient must reach against PyTorch. The references
-/// are float64; ONNX Runtime's float32 rounding leaves a relative L2 error near
-/// 2e-7 on the small models, and storing EfficientNet-Lite0's references as
-/// float16 adds about 2e-4 (up to 1.2e-3 where ReLU6 inputs lie within float32
-/// rounding of a kink). The worst cosine measured is 0.9999993.
+/// are float64. ONNX Runtime's float32 rounding leaves a relative L2 error near
+/// 2e-7 on the small models. Storing EfficientNet-Lite0's references as float16
+/// adds about 2e-4, and up to 1.2e-3 where ReLU6 inputs lie within float32
+/// rounding of a kink. The worst cosine measured is 0.9999993.
 const MIN_COSINE: f64 = 0.9999;
 /// Largest relative L2 error accepted against PyTorch (worst measured: 1.2e-3).
 const MAX_RELATIVE_L2: f64 = 1e-2;

@@ -121,7 +121,7 @@ enum Side {
 /// 2^100: the slope that makes HardSigmoid a step function (see [`step`]).
 const STEP_SLOPE: f32 = f32::from_bits((127 + 100) << 23);
 
-/// A float 0/1 mask: 1 where `y` is strictly above (or below) `threshold`.
+/// Builds a float 0/1 mask: 1 where `y` is strictly above (or below) `threshold`.
 ///
 /// `HardSigmoid(y) = clip(alpha * y + beta, 0, 1)` with `alpha = ±2^100` and
 /// `beta = ∓threshold * 2^100`. Scaling by a power of two is exact, and the

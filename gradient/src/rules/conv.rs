@@ -3,7 +3,7 @@
 //! The input gradient of a convolution is a transposed convolution of the output
 //! gradient with the same weights. For stride 1 it is also an ordinary
 //! convolution with spatially flipped weights whose input and output channels
-//! are swapped within each group; ONNX Runtime 1.31's Conv kernels ran that far
+//! are swapped within each group. ONNX Runtime 1.31's Conv kernels ran that far
 //! faster than ConvTranspose on EfficientNet-Lite0, so the flipped weights are
 //! computed here, at derive time, whenever the weights are constant. Strided
 //! convolutions stay ConvTranspose: the alternatives tried there (zero insertion,
@@ -56,7 +56,7 @@ impl Window {
         })
     }
 
-    /// The extent of the dilated kernel along spatial axis `i`.
+    /// Returns the extent of the dilated kernel along spatial axis `i`.
     pub fn extent(&self, i: usize) -> i64 {
         (self.kernel[i] - 1) * self.dilations[i] + 1
     }
@@ -150,7 +150,7 @@ fn flipped_weights(bw: &Backward, weight: &str, group: i64) -> Option<(Vec<i64>,
     Some((new_dims, flipped))
 }
 
-/// The static spatial sizes of an NC... tensor, when all are known.
+/// Returns the static spatial sizes of an NC... tensor, when all are known.
 pub(super) fn spatial_sizes(bw: &Backward, x: &str) -> Option<Vec<i64>> {
     bw.shape(x)
         .and_then(|s| s.get(2..).map(<[Dim]>::to_vec))

@@ -108,7 +108,7 @@ pub(super) fn split(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientErro
 /// Slice and Gather: the gradient scattered back to the positions the operator read.
 ///
 /// The positions are found by applying the same operator, with the same
-/// parameters, to a tensor that holds each element's flat index. This reuses
+/// parameters, to a tensor that contains each element's flat index. This reuses
 /// ONNX Runtime's own reading of negative, clamped and stepped parameters in
 /// every opset form instead of re-implementing it.
 pub(super) fn gather_like(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientError> {
@@ -199,8 +199,8 @@ fn scatter_to(
     bw.em.reshape_like(&kept, x)
 }
 
-/// Pad: for constant padding the gradient is a slice of the output gradient;
-/// for the other modes and for cropping (negative pads) it is scattered back
+/// Pad: for constant padding the gradient is a slice of the output gradient.
+/// For the other modes and for cropping (negative pads) it is scattered back
 /// through the flat-index image of the padding.
 pub(super) fn pad(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientError> {
     for i in 1..n.node.input.len() {

@@ -83,14 +83,14 @@ pub(super) fn matmul(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientErr
     Ok(())
 }
 
-/// The broadcast batch dims of both operands, when known.
+/// Broadcasts the batch dims of both operands, when known.
 fn batch_shape(bw: &Backward, a: &str, b: &str) -> Option<Shape> {
     let sa = bw.shape(a)?;
     let sb = bw.shape(b)?;
     broadcast(&sa[..sa.len() - 2].to_vec(), &sb[..sb.len() - 2].to_vec())
 }
 
-/// The shape of an operand's local gradient: the batch dims, then its matrix dims.
+/// Builds the shape of an operand's local gradient: the batch dims, then its matrix dims.
 fn matrix_shape(batch: &Option<Shape>, operand: Option<&Shape>, rank: usize) -> Option<Shape> {
     let mut shape = batch.clone()?;
     shape.extend(operand?[rank - 2..].iter().cloned());

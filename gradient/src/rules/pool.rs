@@ -47,7 +47,7 @@ pub(super) fn max_pool(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientE
     Ok(())
 }
 
-/// The name of the forward MaxPool's `Indices` output, adding it when absent.
+/// Returns the forward MaxPool's `Indices` output, adding one when absent.
 fn indices_output(bw: &mut Backward, n: &NodeGrads) -> String {
     if let Some(existing) = n.node.output.get(1).filter(|o| !o.is_empty()) {
         return existing.clone();
@@ -159,7 +159,7 @@ pub(super) fn average_pool(bw: &mut Backward, n: &NodeGrads) -> Result<(), Gradi
     Ok(())
 }
 
-/// The number of non-padding positions in each window, shaped `[1, 1, out...]`.
+/// Counts the non-padding positions in each window, shaped `[1, 1, out...]`.
 fn window_counts(bw: &mut Backward, x: &str, ones_weight: &str, window: &Window) -> String {
     let head = bw.em.ints(&[1, 1]);
     let tail = bw.em.shape_tail(x, 2);

@@ -8,7 +8,7 @@ use crate::shapes::{checked_product, fixed_dims};
 /// Softmax and LogSoftmax.
 ///
 /// Before opset 13 both operators flatten the input to 2-D at `axis` (default 1)
-/// and normalize over the whole second part; from opset 13 they normalize over
+/// and normalize over the whole second part. From opset 13 they normalize over
 /// the single axis `axis` (default -1). The older form is handled by computing in
 /// the flattened 2-D shape and reshaping back.
 pub(super) fn softmax(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientError> {
@@ -127,7 +127,7 @@ fn mean_scale(bw: &mut Backward, g: &str, x: &str, y: &str, axes: Option<&[i64]>
     bw.em.div(g, &ratio)
 }
 
-/// The number of elements reduced into each output, when the reduced dims are fixed.
+/// Counts the elements reduced into each output, when the reduced dims are fixed.
 fn static_count(bw: &Backward, x: &str, axes: Option<&[i64]>) -> Option<i64> {
     let shape = bw.shape(x)?;
     let rank = shape.len() as i64;
