@@ -381,10 +381,10 @@ fn carries_gradient(graph: &Graph, node: &NodeProto, k: usize, output: &str) -> 
     if op == "Cast" && attr_int(node, "to").is_some_and(|t| t != i64::from(FLOAT)) {
         return false;
     }
-    // Indices of MaxPool, the mask of Dropout and the running statistics of
-    // BatchNormalization are not differentiable outputs.
+    // Indices of MaxPool, the mask of Dropout and the statistics of
+    // BatchNormalization and LayerNormalization are not differentiable outputs.
     match op {
-        "MaxPool" | "Dropout" | "BatchNormalization" | "TopK" => k == 0,
+        "MaxPool" | "Dropout" | "BatchNormalization" | "LayerNormalization" | "TopK" => k == 0,
         _ => true,
     }
 }

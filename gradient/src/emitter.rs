@@ -195,6 +195,16 @@ impl Emitter {
         }
     }
 
+    pub fn reduce_mean(&mut self, x: &str, axes: &[i64]) -> String {
+        let keep = int_attr("keepdims", 1);
+        if self.opset >= 18 {
+            let axes = self.ints(axes);
+            self.op("ReduceMean", &[x, &axes], vec![keep])
+        } else {
+            self.op("ReduceMean", &[x], vec![ints_attr("axes", axes), keep])
+        }
+    }
+
     /// `ReduceSum` over axes given as a run-time 1-D tensor; an empty tensor sums nothing.
     /// Needs opset 13, which the callers check.
     pub fn reduce_sum_dynamic(&mut self, x: &str, axes: &str) -> String {

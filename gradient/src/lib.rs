@@ -45,9 +45,10 @@
 //! Default-domain operators of opsets 11 to 21 (see [`supported_ops`]): Abs, Add,
 //! AveragePool, BatchNormalization (inference form), Cast, Clip, Concat, Conv,
 //! Div, Dropout, Elu, Erf, Exp, Expand, Flatten, Gather, Gelu, Gemm,
-//! GlobalAveragePool, HardSigmoid, HardSwish, Identity, LeakyRelu, Log,
-//! LogSoftmax, MatMul, MaxPool, Mul, Neg, Pad, PRelu, ReduceMean, ReduceSum, Relu,
-//! Reshape, Sigmoid, Slice, Softmax, Split, Sqrt, Squeeze, Sub, Sum, Tanh,
+//! GlobalAveragePool, HardSigmoid, HardSwish, Identity, LayerNormalization,
+//! LeakyRelu, Log, LogSoftmax, MatMul, MaxPool, Mul, Neg, PRelu, Pad, Pow,
+//! Reciprocal, ReduceMean, ReduceSum, Relu, Reshape, Sigmoid, Slice, Softmax,
+//! Softplus, Split, Sqrt, Squeeze, Sub, Sum, Tanh,
 //! Transpose, Unsqueeze and Where. Shape arithmetic (Shape, Gather on shapes,
 //! ConstantOfShape, integer Cast, comparisons) may appear anywhere: it carries no
 //! gradient. Every other operator on the differentiated path is an error.

@@ -41,6 +41,7 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "HardSigmoid",
     "HardSwish",
     "Identity",
+    "LayerNormalization",
     "LeakyRelu",
     "Log",
     "LogSoftmax",
@@ -50,6 +51,8 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "Neg",
     "PRelu",
     "Pad",
+    "Pow",
+    "Reciprocal",
     "ReduceMean",
     "ReduceSum",
     "Relu",
@@ -57,6 +60,7 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "Sigmoid",
     "Slice",
     "Softmax",
+    "Softplus",
     "Split",
     "Sqrt",
     "Squeeze",
@@ -79,7 +83,10 @@ pub(crate) fn apply(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientErro
     match n.node.op_type.as_str() {
         "Add" | "Sub" | "Mul" | "Div" | "Sum" => arithmetic::binary(bw, n),
         "Where" => arithmetic::where_(bw, n),
-        "Neg" | "Exp" | "Log" | "Sqrt" | "Abs" => arithmetic::unary(bw, n),
+        "Neg" | "Exp" | "Log" | "Sqrt" | "Abs" | "Reciprocal" | "Softplus" => {
+            arithmetic::unary(bw, n)
+        }
+        "Pow" => arithmetic::pow(bw, n),
         "Identity" | "Dropout" | "Cast" => {
             pass_through(bw, n);
             Ok(())
@@ -97,6 +104,7 @@ pub(crate) fn apply(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientErro
         "Gemm" => linear::gemm(bw, n),
         "MatMul" => linear::matmul(bw, n),
         "BatchNormalization" => linear::batch_norm(bw, n),
+        "LayerNormalization" => linear::layer_norm(bw, n),
         "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" => layout::reshape(bw, n),
         "Transpose" => layout::transpose(bw, n),
         "Concat" => layout::concat(bw, n),

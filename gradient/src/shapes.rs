@@ -58,9 +58,8 @@ fn infer_node(graph: &Graph, node: &NodeProto, shapes: &HashMap<String, Shape>) 
     match node.op_type.as_str() {
         "Relu" | "LeakyRelu" | "PRelu" | "Clip" | "Sigmoid" | "Tanh" | "Erf" | "HardSigmoid"
         | "HardSwish" | "Softmax" | "LogSoftmax" | "Dropout" | "Identity" | "Cast"
-        | "BatchNormalization" | "Neg" | "Exp" | "Log" | "Sqrt" | "Abs" | "Reciprocal" => {
-            input(0).cloned()
-        }
+        | "BatchNormalization" | "LayerNormalization" | "Neg" | "Exp" | "Log" | "Sqrt" | "Abs"
+        | "Reciprocal" | "Softplus" => input(0).cloned(),
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Where" | "Sum" => {
             let mut result = input(0)?.clone();
             for i in 1..node.input.len() {

@@ -762,3 +762,53 @@ fn pad_modes() {
         &random_input(&[1, 2, 3, 4], 32),
     );
 }
+
+#[test]
+fn pow_reciprocal_and_softplus() {
+    // Inputs in [1, 2]: below 1 the third derivative of x^-0.5 and 1/x grows
+    // fast enough that the finite difference's truncation error nears the
+    // tolerance.
+    let positive = array(&[1, 2, 5], Rng::new(33).values(10, 1.0, 2.0));
+    for (case, exponent) in [
+        ("Pow x^3", Some(3.0f32)),
+        ("Pow x^-0.5", Some(-0.5)),
+        ("Pow with int64 exponent", None),
+    ] {
+        let mut b = GraphBuilder::new(17);
+        let x = b.input("x", &dims(&[1, 2, 5]));
+        let e = match exponent {
+            Some(v) => b.scalar(v),
+            None => b.ints(&[2]),
+        };
+        let y = b.op("Pow", &[&x, &e], vec![]);
+        assert_matches_finite_differences(case, &b.build(&y), &positive);
+    }
+    for op in ["Reciprocal", "Softplus"] {
+        let mut b = GraphBuilder::new(17);
+        let x = b.input("x", &dims(&[1, 2, 5]));
+        let y = b.op(op, &[&x], vec![]);
+        assert_matches_finite_differences(op, &b.build(&y), &positive);
+    }
+}
+
+#[test]
+fn layer_normalization_axes_and_opsets() {
+    for (opset, axis) in [(17, -1), (17, 1), (18, -2), (18, 2)] {
+        let mut b = GraphBuilder::new(opset);
+        let x = b.input("x", &dims(&[1, 3, 4]));
+        let normalized_shape: &[i64] = match axis {
+            -1 | 2 => &[4],
+            _ => &[3, 4],
+        };
+        let count = normalized_shape.iter().product::<i64>() as usize;
+        let scale = b.floats(normalized_shape, Rng::new(34).values(count, 0.5, 1.5));
+        let bias = b.floats(normalized_shape, Rng::new(35).values(count, -0.5, 0.5));
+        let y = b.op(
+            "LayerNormalization",
+            &[&x, &scale, &bias],
+            vec![int("axis", axis), float("epsilon", 1e-3)],
+        );
+        let case = format!("LayerNormalization axis {axis} at opset {opset}");
+        assert_matches_finite_differences(&case, &b.build(&y), &random_input(&[1, 3, 4], 36));
+    }
+}

@@ -175,3 +175,53 @@ fn folded_factor(bw: &Backward, n: &NodeGrads, epsilon: f32) -> Option<Vec<f32>>
             .collect()
     })
 }
+
+/// LayerNormalization over the axes from `axis` on:
+/// `dx = r * (ĝ - mean(ĝ) - x̂ * mean(ĝ * x̂))` with `ĝ = g * scale`,
+/// `x̂ = (x - mean(x)) * r` and `r = 1 / sqrt(var(x) + epsilon)`, the means taken
+/// over the normalized axes. The statistics are recomputed in the gradient
+/// graph rather than read from the node's optional outputs, which inference
+/// exports leave out.
+pub(super) fn layer_norm(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientError> {
+    for i in [1, 2] {
+        if n.wants(i) {
+            return Err(n.unsupported_input(i, "the scale or bias"));
+        }
+    }
+    let x = n.input(0);
+    let axis = attr_int(n.node, "axis").unwrap_or(-1);
+    let axes: Vec<i64> = if axis < 0 {
+        (axis..0).collect()
+    } else {
+        let rank = bw
+            .graph
+            .rank(x)
+            .ok_or_else(|| GradientError::MissingShape {
+                tensor: x.to_owned(),
+                purpose: format!("list the normalized axes of `{}`", n.label()),
+            })?;
+        (axis..rank as i64).collect()
+    };
+    let epsilon = attr_float(n.node, "epsilon").unwrap_or(1e-5);
+
+    let mean = bw.em.reduce_mean(x, &axes);
+    let centered = bw.em.sub(x, &mean);
+    let square = bw.em.mul(&centered, &centered);
+    let variance = bw.em.reduce_mean(&square, &axes);
+    let eps = bw.em.scalar(epsilon);
+    let shifted = bw.em.add(&variance, &eps);
+    let deviation = bw.em.op("Sqrt", &[&shifted], vec![]);
+    let inverse = bw.em.op("Reciprocal", &[&deviation], vec![]);
+    let normalized = bw.em.mul(&centered, &inverse);
+
+    let scaled = bw.em.mul(n.grad(), n.input(1));
+    let scaled_mean = bw.em.reduce_mean(&scaled, &axes);
+    let product = bw.em.mul(&scaled, &normalized);
+    let product_mean = bw.em.reduce_mean(&product, &axes);
+    let correction = bw.em.mul(&normalized, &product_mean);
+    let first = bw.em.sub(&scaled, &scaled_mean);
+    let inner = bw.em.sub(&first, &correction);
+    let result = bw.em.mul(&inner, &inverse);
+    bw.accumulate(x, result);
+    Ok(())
+}
