@@ -2,13 +2,15 @@
 //! runs from any working directory.
 //!
 //! Two pages: `/` (upload, choose, run, see results and past jobs) and
-//! `/jobs/{id}` (one job's results, which works after a restart). Tera
+//! `/jobs/{id}` (one job's results, which works after a restart), and an
+//! HTML "not found" page for other GET paths outside `/api`. Tera
 //! escapes every value the server puts in them; the script builds the
 //! dynamic parts with `textContent`, never with HTML strings.
 
+use actix_web::guard::{self, GuardContext};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 use tera::{Context, Tera};
 
@@ -24,7 +26,15 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("base.html", include_str!("../../../templates/base.html")),
     ("index.html", include_str!("../../../templates/index.html")),
     ("job.html", include_str!("../../../templates/job.html")),
+    (
+        "not_found.html",
+        include_str!("../../../templates/not_found.html"),
+    ),
 ];
+
+/// How much of an unknown path the "not found" page repeats: enough to spot
+/// a typo without echoing a huge URL back.
+const DISPLAYED_PATH_CHARS: usize = 200;
 
 /// Static assets by the name they are served under, below `/static/`.
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -117,6 +127,23 @@ impl Pages {
         context.insert("found", &found);
         self.tera.render("job.html", &context)
     }
+
+    /// Renders the "not found" page for `path`, shortened to
+    /// [`DISPLAYED_PATH_CHARS`] characters.
+    ///
+    /// # Errors
+    ///
+    /// A template that does not fit the context, a bug the tests catch.
+    pub fn not_found(&self, path: &str) -> Result<String, tera::Error> {
+        let mut displayed: String = path.chars().take(DISPLAYED_PATH_CHARS).collect();
+        if displayed.len() < path.len() {
+            displayed.push('\u{2026}');
+        }
+        let mut context = Context::new();
+        context.insert("version", crate::HOST_VERSION);
+        context.insert("path", &displayed);
+        self.tera.render("not_found.html", &context)
+    }
 }
 
 pub(super) fn register(config: &mut web::ServiceConfig) {
@@ -124,7 +151,32 @@ pub(super) fn register(config: &mut web::ServiceConfig) {
         .route("/", web::get().to(index))
         .route("/jobs/{id}", web::get().to(job_page))
         .route("/static/colorbar/{scale}.png", web::get().to(colorbar))
-        .route("/static/{name}", web::get().to(asset));
+        .route("/static/{name}", web::get().to(asset))
+        // Registered last, so it receives only paths that no page matched. API
+        // paths and other methods skip it and keep the JSON 404 of the
+        // default service, which API clients parse.
+        .service(
+            web::resource("/{path:.*}")
+                .guard(guard::Get())
+                .guard(guard::fn_guard(is_page_path))
+                .to(not_found_page),
+        );
+}
+
+fn is_page_path(context: &GuardContext<'_>) -> bool {
+    let path = context.head().uri.path();
+    path != "/api" && !path.starts_with("/api/")
+}
+
+async fn not_found_page(
+    request: HttpRequest,
+    pages: web::Data<Pages>,
+) -> Result<HttpResponse, ApiError> {
+    // The matched tail is percent-decoded, so the page shows `/café`
+    // rather than `/caf%C3%A9`. Tera escapes it.
+    let path = format!("/{}", request.match_info().query("path"));
+    let html = pages.not_found(&path).map_err(template_error)?;
+    Ok(html_response(StatusCode::NOT_FOUND, html))
 }
 
 async fn index(app: web::Data<App>, pages: web::Data<Pages>) -> Result<HttpResponse, ApiError> {
@@ -326,6 +378,7 @@ mod tests {
         let app = test::init_service(
             ActixApp::new()
                 .app_data(web::Data::new(store))
+                .app_data(web::Data::new(Pages::new().expect("templates parse")))
                 .configure(crate::web::configure),
         )
         .await;
@@ -358,5 +411,51 @@ mod tests {
         )
         .await;
         assert_eq!(response.status().as_u16(), 404);
+    }
+
+    #[actix_web::test]
+    async fn unknown_paths_get_html_or_json_404() {
+        use actix_web::{App as ActixApp, test};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let app = test::init_service(
+            ActixApp::new()
+                .app_data(web::Data::new(store))
+                .app_data(web::Data::new(Pages::new().expect("templates parse")))
+                .configure(crate::web::configure),
+        )
+        .await;
+        let cases = [
+            (test::TestRequest::get(), "/jobs/x/y", "text/html"),
+            (test::TestRequest::get(), "/api/nope", "application/json"),
+            (test::TestRequest::get(), "/api", "application/json"),
+            (test::TestRequest::post(), "/nope", "application/json"),
+        ];
+        for (request, path, content_type) in cases {
+            let response = test::call_service(&app, request.uri(path).to_request()).await;
+            assert_eq!(response.status().as_u16(), 404, "{path}");
+            let found = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            assert!(found.starts_with(content_type), "{path}: {found}");
+        }
+
+        let hostile = "/%3Cscript%3Ealert(1)%3C/script%3E";
+        let response =
+            test::call_service(&app, test::TestRequest::get().uri(hostile).to_request()).await;
+        let body = test::read_body(response).await;
+        let html = String::from_utf8_lossy(&body);
+        assert!(html.contains("Page not found"), "{html}");
+        assert!(
+            html.contains("&lt;script&gt;alert(1)"),
+            "the path is decoded and escaped: {html}"
+        );
+        assert!(
+            !html.contains("<script>"),
+            "no markup from the path: {html}"
+        );
     }
 }
