@@ -80,11 +80,16 @@
     return (bytes / (1024 * 1024)).toFixed(1) + " MiB";
   }
 
+  /** Formats a number with about three significant digits. Whole numbers
+   *  below a million stay whole: toPrecision would write 1234 as "1.23e+3". */
   function formatNumber(value) {
     if (typeof value !== "number" || !isFinite(value)) return String(value);
     const magnitude = Math.abs(value);
+    if (Number.isInteger(value) && magnitude < 1e6) return String(value);
     if (magnitude !== 0 && (magnitude < 0.001 || magnitude >= 10000)) return value.toExponential(2);
-    return value.toPrecision(3).replace(/\.?0+$/, "");
+    if (magnitude >= 1000) return value.toFixed(0);
+    const text = value.toPrecision(3);
+    return text.includes(".") ? text.replace(/\.?0+$/, "") : text;
   }
 
   function formatTime(unixSeconds) {
@@ -291,8 +296,8 @@
 
   // -------------------------------------------------------- settings forms
 
-  /** The chosen models, or the first model while none is chosen, so the
-   *  forms still list classes and tensors before the user picks. */
+  /** Returns the chosen models, or the first model while none is chosen, so
+   *  the forms still list classes and tensors before the user picks. */
   function formModels() {
     const chosen = selectedModels().map(modelById).filter(Boolean);
     return chosen.length > 0 ? chosen : catalog.models.slice(0, 1);
@@ -595,8 +600,9 @@
   }
 
   /** Polls a job until it finishes, updating the progress bar, then shows
-   *  its results. Only the most recently followed job updates the page. */
-  function followJob(job) {
+   *  its results and calls `onFinished(job, manifest)` when given. Only the
+   *  most recently followed job updates the page. */
+  function followJob(job, onFinished) {
     const token = {};
     activeJob = { id: job.id, token: token };
     const link = $("job-link");
@@ -619,7 +625,8 @@
       if (isFinal(current.state)) {
         $("cancel-button").disabled = true;
         refreshJobs();
-        await showJobResults(current);
+        const manifest = await showJobResults(current);
+        if (onFinished) onFinished(current, manifest);
       } else {
         setTimeout(poll, 700);
       }
@@ -633,15 +640,27 @@
     const fraction = job.progress_total > 0 ? job.progress_done / job.progress_total : 0;
     if (job.state === "queued") bar.removeAttribute("value");
     else bar.value = isFinal(job.state) && job.state === "completed" ? 1 : fraction;
-    let message = stateLabel(job.state);
+    let message = jobStateLabel(job);
     if (job.state === "running") message += " \u2014 " + Math.floor(fraction * 100) + "%";
     if (job.message) message += ": " + job.message;
     text.textContent = message;
     const badge = $("job-state");
-    if (badge) {
-      badge.textContent = stateLabel(job.state);
-      badge.dataset.state = job.state;
-    }
+    if (badge) setStateBadge(badge, job);
+  }
+
+  /** Returns whether a job completed with some renders or images failed.
+   *  The server sets a completed job's message only then. */
+  function completedWithErrors(job) {
+    return job.state === "completed" && Boolean(job.message);
+  }
+
+  function jobStateLabel(job) {
+    return completedWithErrors(job) ? "Completed with errors" : stateLabel(job.state);
+  }
+
+  function setStateBadge(badge, job) {
+    badge.textContent = jobStateLabel(job);
+    badge.dataset.state = completedWithErrors(job) ? "partial" : job.state;
   }
 
   function stateLabel(state) {
@@ -669,40 +688,117 @@
     }
   }
 
+  /** Shows a finished job's results, or explains why it has none. Returns
+   *  the manifest, or null when there is none. */
   async function showJobResults(job) {
     const section = $("results");
     const body = $("results-body");
     let manifest = null;
     try {
-      // Only a completed job writes its manifest.
-      if (job.state === "completed") manifest = await api("/api/jobs/" + encodeURIComponent(job.id) + "/manifest");
+      // The runner writes the manifest only after the last render, so a
+      // failed or interrupted job has none. A cancelled job has none either,
+      // but one that has a manifest still gets its renders shown.
+      if (job.state === "completed" || job.state === "cancelled") manifest = await api("/api/jobs/" + encodeURIComponent(job.id) + "/manifest");
     } catch (error) {
       if (error.status !== 404) {
         body.replaceChildren(el("p", { class: "notice error", text: error.message }));
         show(section, true);
-        return;
+        return null;
       }
     }
-    if (!manifest) {
-      const reason = job.message ? ": " + job.message : ".";
-      body.replaceChildren(el("p", { class: "notice", text: "This job produced no results (" + stateLabel(job.state).toLowerCase() + ")" + reason }));
-    } else {
-      body.replaceChildren(...renderManifest(job.id, manifest));
-    }
+    body.replaceChildren(...(manifest ? renderManifest(job, manifest) : [noResultsNotice(job)]));
     show(section, true);
+    return manifest;
+  }
+
+  function noResultsNotice(job) {
+    const reason = job.message ? ": " + job.message : ".";
+    const texts = {
+      cancelled: "This job was cancelled before it finished, so it has no results, not even for the renders that had finished. Run it again to see them.",
+      failed: "This job failed before it produced results" + reason,
+      interrupted: "The server stopped while this job was queued or running, so it has no results. Run it again to see them.",
+      completed: "The results of this job were not found. They may have been removed after the retention period.",
+    };
+    const text = texts[job.state] || "This job has no results (" + stateLabel(job.state).toLowerCase() + ")" + reason;
+    return el("p", { class: "notice " + (job.state === "cancelled" ? "warn" : "error"), text: text });
   }
 
   // -------------------------------------------------------------- results
 
-  function renderManifest(jobId, manifest) {
-    const modelNames = new Map(manifest.models.map((model) => [model.id, model.name]));
-    const plugins = new Map(manifest.plugins.map((plugin) => [plugin.id, plugin]));
-    const nodes = manifest.images.map((image) => renderImageResult(jobId, image, modelNames, manifest.plugins, plugins));
-    nodes.push(runDetails(manifest));
+  /** Renders a manifest. `view` collects what the parts share: names, the
+   *  plugin stamps and the heatmaps that the color scale control switches. */
+  function renderManifest(job, manifest) {
+    const view = {
+      jobId: job.id,
+      modelIds: manifest.models.map((model) => model.id),
+      modelNames: new Map(manifest.models.map((model) => [model.id, model.name])),
+      stamps: manifest.plugins,
+      plugins: new Map(manifest.plugins.map((plugin) => [plugin.id, plugin])),
+      singleModel: manifest.models.length === 1,
+      heatmaps: [],
+    };
+    const images = manifest.images.map((image) => renderImageResult(image, view));
+    const nodes = [];
+    const notice = jobNotice(job, images);
+    if (notice) nodes.push(notice);
+    const control = scaleControl(view);
+    if (control) nodes.push(control);
+    nodes.push(...images, runDetails(manifest));
     return nodes;
   }
 
-  function renderImageResult(jobId, image, modelNames, stamps, plugins) {
+  /** Says that some renders failed or that the job was cancelled, with a
+   *  link to the first error in `images`. */
+  function jobNotice(job, images) {
+    let text = null;
+    if (job.state === "cancelled") text = "This job was cancelled; the results below are the renders that finished before it stopped.";
+    else if (job.message) text = job.message.charAt(0).toUpperCase() + job.message.slice(1) + ".";
+    if (!text) return null;
+    const notice = el("p", { class: "notice warn job-notice", role: "status" }, text);
+    const firstError = images.map((card) => card.querySelector(".notice.error")).find(Boolean);
+    if (firstError) {
+      firstError.id = "first-error";
+      firstError.tabIndex = -1;
+      notice.append(" ", el("a", { href: "#first-error", text: "Go to the first error" }));
+    }
+    return notice;
+  }
+
+  let scaleControls = 0;
+
+  /** Builds the control that switches every heatmap between the range that
+   *  its visualization shares across models and the map's own range. It is
+   *  left out when no map's own range differs from the shared one. */
+  function scaleControl(view) {
+    if (!view.heatmaps.some((heatmap) => heatmap.differs)) return null;
+    scaleControls += 1;
+    const name = "color-scale-" + scaleControls;
+    const option = (mode, text) =>
+      el(
+        "label",
+        { class: "segment" },
+        el("input", {
+          type: "radio",
+          name: name,
+          value: mode,
+          checked: mode === "shared",
+          on: { change: () => view.heatmaps.forEach((heatmap) => heatmap.apply(mode)) },
+        }),
+        el("span", { text: text })
+      );
+    const help = view.singleModel
+      ? "Shared: the maps of one visualization on one image use one range. Per map: each map spans its own range, which shows the structure of weak maps."
+      : "Shared: the maps of one visualization on one image use one range, so a color means the same value on every model. Per map: each map spans its own range, which shows the structure of weak maps.";
+    return el(
+      "fieldset",
+      { class: "scale-toggle" },
+      el("legend", { text: "Color scale" }),
+      el("div", { class: "segments" }, option("shared", view.singleModel ? "Shared by each visualization" : "Shared across models"), option("own", "Per map")),
+      el("p", { class: "muted small", text: help })
+    );
+  }
+
+  function renderImageResult(image, view) {
     const card = el("article", { class: "card result-card" });
     card.append(el("h3", {}, el("span", { text: image.name }), " ", el("span", { class: "muted small", text: image.width + "\u00d7" + image.height })));
     if (image.error) card.append(el("p", { class: "notice error", text: image.error }));
@@ -710,16 +806,16 @@
     if (image.photo) {
       top.append(
         el("figure", { class: "photo" },
-          el("img", { src: jobFileUrl(jobId, image.photo), alt: "Input image " + image.name }),
+          el("img", { src: jobFileUrl(view.jobId, image.photo), alt: "Input image " + image.name }),
           el("figcaption", { class: "muted small", text: "Input" })
         )
       );
     }
     const predictions = el("div", { class: "predictions" });
-    for (const model of image.models) predictions.append(renderPredictions(model, modelNames));
+    for (const model of image.models) predictions.append(renderPredictions(model, view.modelNames));
     top.append(predictions);
     card.append(top);
-    card.append(renderHeatmapGrid(jobId, image, modelNames, stamps, plugins));
+    card.append(renderHeatmapGrid(image, view));
     return card;
   }
 
@@ -743,36 +839,70 @@
     return el(
       "li",
       {},
-      el("span", { class: "class-label", title: score.label, text: score.label }),
+      el("span", { class: "class-label", text: score.label }),
       el("span", { class: "bar-track", "aria-hidden": "true" }, bar),
       el("span", { class: "probability", text: percent.toFixed(percent >= 10 ? 1 : 2) + "%" })
     );
   }
 
-  /** One row per visualization, one column per model, so the maps of a
-   *  method on different models sit side by side. */
   /** Identifies a render's visualization. Two visualizations of one plugin
    *  (different settings) have different indices in the job's request. */
   function visualizationKey(render) {
     return typeof render.visualization === "number" ? "v" + render.visualization : "p" + render.plugin;
   }
 
-  /** The plugin stamp of a render: by request index, or by plugin id in
-   *  manifests written before the index was recorded. */
-  function stampOf(render, stamps, plugins) {
-    if (typeof render.visualization === "number" && stamps[render.visualization]) return stamps[render.visualization];
-    return plugins.get(render.plugin);
+  /** Finds the plugin stamp of a render: by request index, or by plugin id
+   *  in manifests written before the index was recorded. */
+  function stampOf(render, view) {
+    if (typeof render.visualization === "number" && view.stamps[render.visualization]) return view.stamps[render.visualization];
+    return view.plugins.get(render.plugin);
   }
 
-  function describeSettings(settings) {
-    return Object.entries(settings || {})
-      .map(([name, value]) => name + " " + (value === null ? "default" : String(value)))
-      .join(", ");
+  /** Describes a visualization's settings with the labels of the plugin's
+   *  schema, in the schema's order, as "Label: value" pairs. */
+  function describeSettings(stamp, view) {
+    const plugin = pluginById(stamp.id);
+    const schema = plugin ? plugin.settings : [];
+    const values = stamp.settings || {};
+    const names = schema.map((setting) => setting.name).filter((name) => Object.prototype.hasOwnProperty.call(values, name));
+    for (const name of Object.keys(values)) if (!names.includes(name)) names.push(name);
+    return names
+      .map((name) => {
+        const setting = schema.find((candidate) => candidate.name === name) || null;
+        return (setting ? setting.label || name : name) + ": " + describeValue(setting, values[name], view);
+      })
+      .join(" \u00b7 ");
   }
 
-  /** One row per visualization, one column per model, so the maps of a
-   *  method on different models sit side by side. */
-  function renderHeatmapGrid(jobId, image, modelNames, stamps, plugins) {
+  function describeValue(setting, value, view) {
+    const kind = setting && setting.kind ? setting.kind.type : null;
+    if (kind === "class") return value === null ? "top predicted" : describeClass(value, view);
+    if (kind === "tensor") return value === null ? "plugin default" : String(value);
+    if (value === null || value === undefined) return "default";
+    if (typeof value === "boolean") return value ? "yes" : "no";
+    // The schema has no way to mark a special value. The bundled plugins
+    // document 0 as "automatic" in the help text, so the summary follows it.
+    if (value === 0 && setting && /\b0: automatic\b/i.test(setting.help || "")) return "automatic";
+    if (typeof value === "number") return formatNumber(value);
+    return String(value);
+  }
+
+  /** Names a class index with its labels in the job's models, as far as the
+   *  catalog still has those models. */
+  function describeClass(index, view) {
+    const labels = view.modelIds
+      .map(modelById)
+      .filter((model) => model && model.labels && index < model.labels.length)
+      .map((model) => model.labels[index]);
+    const distinct = Array.from(new Set(labels)).filter((label) => label !== String(index));
+    return distinct.length > 0 ? index + " (" + distinct.join(" / ") + ")" : String(index);
+  }
+
+  /** Lays out one image's renders. With several models: one row per
+   *  visualization and one column per model, so the maps of a method on
+   *  different models sit side by side. With one model: the visualizations
+   *  themselves side by side in a responsive grid. */
+  function renderHeatmapGrid(image, view) {
     const order = [];
     const firstRender = new Map();
     for (const model of image.models) {
@@ -784,21 +914,23 @@
         }
       }
     }
-    const wrap = el("div", { class: "heatmap-rows" });
+    const wrap = el("div", { class: "heatmap-rows" + (view.singleModel ? " single-model" : "") });
     for (const key of order) {
       const first = firstRender.get(key);
-      const plugin = stampOf(first, stamps, plugins);
+      const plugin = stampOf(first, view);
       const row = el("section", { class: "heatmap-row" });
       const version = plugin ? " " + plugin.version : "";
+      // With one model, the row has one render, whose time fits the heading.
+      const duration = view.singleModel ? el("span", { class: "muted small duration", text: first.duration_ms + " ms" }) : null;
       row.append(
-        el("h4", {}, el("span", { text: plugin ? plugin.title : first.plugin }), " ", el("code", { class: "muted small", text: first.plugin + version })),
-        plugin && plugin.settings ? el("p", { class: "muted small settings-used", text: describeSettings(plugin.settings) }) : null
+        el("h4", {}, el("span", { text: plugin ? plugin.title : first.plugin }), " ", el("code", { class: "muted small", text: first.plugin + version }), duration),
+        plugin && plugin.settings && Object.keys(plugin.settings).length > 0 ? el("p", { class: "muted small settings-used", text: describeSettings(plugin, view) }) : null
       );
       const cells = el("div", { class: "heatmap-cells" });
       for (const model of image.models) {
         const render = model.renders.find((candidate) => visualizationKey(candidate) === key);
         if (!render) continue;
-        cells.append(renderCell(jobId, image, model, render, modelNames.get(model.model) || model.model, plugin));
+        cells.append(renderCell(image, model, render, plugin, view));
       }
       row.append(cells);
       wrap.append(row);
@@ -806,36 +938,48 @@
     return wrap;
   }
 
-  function renderCell(jobId, image, model, render, modelName, plugin) {
+  function renderCell(image, model, render, plugin, view) {
+    const modelName = view.modelNames.get(model.model) || model.model;
     const cell = el("div", { class: "heatmap-cell" });
-    cell.append(el("div", { class: "cell-head" }, el("strong", { text: modelName }), el("span", { class: "muted small", text: render.duration_ms + " ms" })));
+    // With one model, its name heads the predictions above the renders.
+    if (!view.singleModel) cell.append(el("div", { class: "cell-head" }, el("strong", { text: modelName }), el("span", { class: "muted small", text: render.duration_ms + " ms" })));
     if (render.error) {
       cell.append(el("p", { class: "notice error", text: render.error }));
       return cell;
     }
-    const context = { jobId: jobId, image: image.name, model: modelName, plugin: plugin ? plugin.title : render.plugin };
+    const context = { view: view, image: image.name, model: modelName, plugin: plugin ? plugin.title : render.plugin };
     for (const panel of render.panels) cell.append(renderPanel(panel, context));
     return cell;
   }
 
+  /** Panel titles come from plugins. Those built on the SDK's attribution
+   *  helpers write "Top 1 classes" when one class is listed. */
+  function panelTitle(title) {
+    return String(title).replace(/^Top 1 classes\b/, "Top class");
+  }
+
   function renderPanel(panel, context) {
+    const jobId = context.view.jobId;
     if (panel.kind === "heatmap") return heatmapFigure(panel, context);
     if (panel.kind === "image") {
       return el("figure", { class: "panel" },
-        el("img", { src: jobFileUrl(context.jobId, panel.png), alt: panel.title + " (" + context.plugin + ", " + context.model + ", " + context.image + ")" }),
+        el("img", { src: jobFileUrl(jobId, panel.png), alt: panel.title + " (" + context.plugin + ", " + context.model + ", " + context.image + ")" }),
         el("figcaption", { text: panel.title }),
-        el("a", { href: jobFileUrl(context.jobId, panel.png), download: "", text: "PNG" })
+        el("a", { href: jobFileUrl(jobId, panel.png), download: "", text: "PNG" })
       );
     }
     if (panel.kind === "scores") {
       const list = el("ol", { class: "top-classes" });
       for (const score of panel.scores || []) list.append(scoreItem(score));
-      return el("figure", { class: "panel" }, el("figcaption", {}, el("span", { class: "panel-title", text: panel.title })), list);
+      return el("figure", { class: "panel" }, el("figcaption", {}, el("span", { class: "panel-title", text: panelTitle(panel.title) })), list);
     }
     return el("p", { class: "muted", text: "Unknown panel kind " + JSON.stringify(panel.kind) });
   }
 
+  /** Builds a heatmap's figure and registers it with the color scale
+   *  control, which swaps its images, downloads and color bar numbers. */
   function heatmapFigure(panel, context) {
+    const jobId = context.view.jobId;
     const label = panel.class_label || "";
     const titled = label !== "" && panel.title.includes(label);
     let classLine = null;
@@ -845,18 +989,38 @@
     }
     const subject = label !== "" ? " (class " + label + ")" : "";
     const alt = panel.title + subject + ": " + context.plugin + " heatmap of " + context.model + " over " + context.image;
-    const overlay = jobFileUrl(context.jobId, panel.overlay);
     const scale = panel.scale === "diverging" ? "diverging" : "sequential";
+    const image = el("img", { alt: alt });
+    const link = el("a", { target: "_blank", rel: "noopener" }, image);
+    const low = el("span");
+    const high = el("span");
+    const overlayDownload = el("a", { download: "", text: "Overlay PNG" });
+    const coloredDownload = el("a", { download: "", text: "Heatmap PNG" });
     const legend = el(
       "div",
       { class: "colorbar" },
-      el("img", { src: panel.colorbar ? jobFileUrl(context.jobId, panel.colorbar) : "/static/colorbar/" + scale + ".png", alt: scale === "diverging" ? "Color scale from blue (negative) through white (zero) to red (positive)" : "Color scale from dark purple (low) to yellow (high)" }),
-      el("div", { class: "colorbar-labels" }, el("span", { text: formatNumber(panel.color_min) }), scale === "diverging" ? el("span", { text: "0" }) : null, el("span", { text: formatNumber(panel.color_max) }))
+      el("img", { src: panel.colorbar ? jobFileUrl(jobId, panel.colorbar) : "/static/colorbar/" + scale + ".png", alt: scale === "diverging" ? "Color scale from blue (negative) through white (zero) to red (positive)" : "Color scale from dark purple (low) to yellow (high)" }),
+      el("div", { class: "colorbar-labels" }, low, scale === "diverging" ? el("span", { text: "0" }) : null, high)
     );
+    const shared = { min: panel.color_min, max: panel.color_max, overlay: panel.overlay, colored: panel.colored };
+    // Manifests written before maps had their own range lack `own`.
+    const own = panel.own ? { min: panel.own.color_min, max: panel.own.color_max, overlay: panel.own.overlay, colored: panel.own.colored } : shared;
+    const apply = (mode) => {
+      const range = mode === "own" ? own : shared;
+      const overlay = jobFileUrl(jobId, range.overlay);
+      image.src = overlay;
+      link.href = overlay;
+      overlayDownload.href = overlay;
+      coloredDownload.href = jobFileUrl(jobId, range.colored);
+      low.textContent = formatNumber(range.min);
+      high.textContent = formatNumber(range.max);
+    };
+    apply("shared");
+    context.view.heatmaps.push({ apply: apply, differs: own.min !== shared.min || own.max !== shared.max });
     return el(
       "figure",
       { class: "panel heatmap" },
-      el("a", { href: overlay, target: "_blank", rel: "noopener" }, el("img", { src: overlay, alt: alt })),
+      link,
       el(
         "figcaption",
         {},
@@ -865,13 +1029,7 @@
         legend,
         el("span", { class: "muted small", text: panel.meaning }),
         el("span", { class: "muted small", text: "This map: " + formatNumber(panel.min) + " to " + formatNumber(panel.max) + ", " + panel.width + "\u00d7" + panel.height }),
-        el(
-          "span",
-          { class: "downloads" },
-          el("a", { href: overlay, download: "", text: "Overlay PNG" }),
-          el("a", { href: jobFileUrl(context.jobId, panel.colored), download: "", text: "Heatmap PNG" }),
-          el("a", { href: jobFileUrl(context.jobId, panel.npy), download: "", text: "Raw .npy" })
-        )
+        el("span", { class: "downloads" }, overlayDownload, coloredDownload, el("a", { href: jobFileUrl(jobId, panel.npy), download: "", text: "Raw .npy" }))
       )
     );
   }
@@ -907,30 +1065,55 @@
       return;
     }
     const jobs = body.jobs || [];
-    table.tBodies[0].replaceChildren(...jobs.map(jobRow));
+    const names = new Map(images.records.map((record) => [record.id, record.name]));
+    table.tBodies[0].replaceChildren(...jobs.map((job) => jobRow(job, names)));
     show(table, jobs.length > 0);
     show($("jobs-empty"), jobs.length === 0);
   }
 
-  function jobRow(job) {
-    const fraction = job.progress_total > 0 ? job.progress_done / job.progress_total : isFinal(job.state) && job.state === "completed" ? 1 : 0;
-    const spec = job.spec;
-    const runs = spec.images.length + (spec.images.length === 1 ? " image" : " images") + " \u00d7 " + spec.models.join(", ") + " \u00d7 " + spec.visualizations.map((v) => v.plugin).join(", ");
-    const open = el("a", { href: "/jobs/" + encodeURIComponent(job.id), text: "Open" });
+  /** Describes what a job runs in words: its images (by name where
+   *  `imageNames` has them, since deleted uploads keep only their id), model
+   *  names and visualization titles. */
+  function jobParts(spec, imageNames) {
+    const names = spec.images.map((id) => imageNames.get(id)).filter(Boolean);
+    let imageText;
+    if (names.length !== spec.images.length || names.length === 0) imageText = spec.images.length + (spec.images.length === 1 ? " image" : " images");
+    else if (names.length <= 2) imageText = names.join(", ");
+    else imageText = names[0] + " and " + (names.length - 1) + " more images";
+    const models = spec.models.map((id) => (modelById(id) || { name: id }).name);
+    const plugins = spec.visualizations.map((visualization) => (pluginById(visualization.plugin) || { title: visualization.plugin }).title);
+    const pluginText = plugins.length <= 3 ? plugins.join(", ") : plugins.slice(0, 2).join(", ") + " and " + (plugins.length - 2) + " more visualizations";
+    return { images: imageText, models: models.join(", "), visualizations: pluginText };
+  }
+
+  function jobRow(job, imageNames) {
+    const fraction = job.progress_total > 0 ? job.progress_done / job.progress_total : 0;
+    const parts = jobParts(job.spec, imageNames);
+    const subject = parts.images + " \u00d7 " + parts.models + " \u00d7 " + parts.visualizations;
+    const open = el("a", { href: "/jobs/" + encodeURIComponent(job.id), text: "Open", "aria-label": "Open job " + subject });
     const remove = el("button", {
       type: "button",
       class: "button small",
       text: "Delete",
-      "aria-label": "Delete job created " + formatTime(job.created_unix),
+      "aria-label": "Delete job " + subject,
       on: { click: () => deleteJob(job) },
     });
+    const badge = el("span", { class: "state-badge" });
+    setStateBadge(badge, job);
+    const progress = isFinal(job.state) ? null : el("span", { class: "muted small", text: " " + Math.floor(fraction * 100) + "%" });
+    let message = null;
+    if (job.message) {
+      let tone = "muted";
+      if (completedWithErrors(job)) tone = "warn-text";
+      else if (job.state === "failed" || job.state === "interrupted") tone = "error-text";
+      message = el("div", { class: "small " + tone, text: job.message });
+    }
     return el(
       "tr",
       {},
-      el("td", { text: formatTime(job.created_unix) }),
-      el("td", {}, el("span", { class: "state-badge", dataset: { state: job.state }, text: stateLabel(job.state) }), job.message ? el("div", { class: "muted small", text: job.message }) : null),
-      el("td", { text: Math.floor(fraction * 100) + "%" }),
-      el("td", { class: "runs", text: runs }),
+      el("td", { class: "created", text: formatTime(job.created_unix) }),
+      el("td", { class: "state" }, badge, progress, message),
+      el("td", { class: "runs", text: subject }),
       el("td", { class: "actions" }, open, " ", remove)
     );
   }
@@ -961,11 +1144,32 @@
       showError($("run-error"), "Failed to load models and visualizations: " + error.message);
     }
     setupChoices();
-    await Promise.all([
-      refreshImages().catch((error) => showError($("upload-error"), error.message)),
-      refreshJobs(),
-    ]);
+    await refreshImages().catch((error) => showError($("upload-error"), error.message));
+    await refreshJobs();
     updateRunSummary();
+  }
+
+  /** Maps the session's image ids to their names; empty when the list
+   *  cannot be loaded, so the page falls back to counts. */
+  async function sessionImageNames() {
+    try {
+      const body = await api("/api/images");
+      return new Map((body.images || []).map((record) => [record.id, record.name]));
+    } catch (error) {
+      return new Map();
+    }
+  }
+
+  /** Titles the job page with the job's images and visualizations. A
+   *  manifest, once there, names even images deleted since. */
+  function showJobHeading(job, imageNames, manifest) {
+    const names = new Map(imageNames);
+    if (manifest) for (const image of manifest.images) names.set(image.image, image.name);
+    const parts = jobParts(job.spec, names);
+    const title = parts.images + " \u2014 " + parts.visualizations;
+    $("job-title").textContent = title;
+    document.title = title + " \u00b7 Picasso";
+    $("job-summary").textContent = "Created " + formatTime(job.created_unix) + " \u00b7 " + (job.spec.models.length === 1 ? "model " : "models ") + parts.models;
   }
 
   async function startJobPage() {
@@ -973,17 +1177,17 @@
     if (!$("job-status")) return;
     $("cancel-button").addEventListener("click", cancelActive);
     try {
-      const job = await api("/api/jobs/" + encodeURIComponent(jobId));
-      const spec = job.spec;
-      $("job-summary").textContent =
-        "Created " + formatTime(job.created_unix) + ": " + spec.images.length + " image(s), models " + spec.models.join(", ") + ", visualizations " + spec.visualizations.map((v) => v.plugin).join(", ") + ".";
+      // The catalog gives model names, plugin titles and setting labels. The
+      // results still render without it, with ids in their place.
+      const [job, imageNames] = await Promise.all([
+        api("/api/jobs/" + encodeURIComponent(jobId)),
+        sessionImageNames(),
+        loadCatalog().catch((error) => showError($("page-error"), "Failed to load models and visualizations: " + error.message)),
+      ]);
+      showJobHeading(job, imageNames, null);
       updateProgress(job);
-      if (isFinal(job.state)) {
-        $("job-message").textContent = job.message || "";
-        await showJobResults(job);
-      } else {
-        followJob(job);
-      }
+      if (isFinal(job.state)) showJobHeading(job, imageNames, await showJobResults(job));
+      else followJob(job, (finished, manifest) => showJobHeading(finished, imageNames, manifest));
     } catch (error) {
       showError($("page-error"), error.message);
     }
