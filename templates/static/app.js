@@ -253,7 +253,8 @@
   }
 
   /** Disables gradient plugins while a chosen model has no gradients, and
-   *  names that model and the reason. */
+   *  names that model and the reason. A plugin unticked that way is ticked
+   *  again once no chosen model lacks gradients. */
   function updateGradientAvailability() {
     const lacking = selectedModels()
       .map(modelById)
@@ -263,13 +264,17 @@
       const box = card.querySelector('input[name="visualization"]');
       const note = card.querySelector(".gradient-note");
       const blocked = Boolean(plugin && plugin.needs_gradients && lacking.length > 0);
+      if (blocked && !box.disabled) card.dataset.wasChecked = box.checked ? "true" : "";
+      if (!blocked && box.disabled && card.dataset.wasChecked) box.checked = true;
       box.disabled = blocked;
       if (blocked) box.checked = false;
       card.classList.toggle("disabled", blocked);
       if (blocked) {
+        // The reasons can list every supported operator, so they stay folded
+        // in each plugin and open in full on the model cards.
         note.replaceChildren(
-          "Unavailable with the chosen models: ",
-          ...lacking.map((model, index) => [index > 0 ? "; " : "", el("strong", { text: model.name }), ": " + model.gradients])
+          el("span", { text: "Unavailable: this plugin needs gradients, and " + (lacking.length === 1 ? "this chosen model has none:" : "these chosen models have none:") }),
+          ...lacking.map((model) => el("details", {}, el("summary", { text: model.name }), el("p", { class: "small", text: model.gradients })))
         );
       }
       show(note, blocked);
