@@ -92,6 +92,11 @@
     return text.includes(".") ? text.replace(/\.?0+$/, "") : text;
   }
 
+  /** Writes a count with its noun, adding "s" unless the count is 1. */
+  function plural(count, noun) {
+    return count + " " + noun + (count === 1 ? "" : "s");
+  }
+
   function formatTime(unixSeconds) {
     return new Date(unixSeconds * 1000).toLocaleString();
   }
@@ -542,9 +547,11 @@
   function updateRunSummary() {
     const summary = $("run-summary");
     if (!summary) return;
-    const counts = [images.selected.size, selectedModels().length, selectedPlugins().length];
+    const imageCount = images.selected.size;
+    const modelCount = selectedModels().length;
+    const pluginCount = selectedPlugins().length;
     summary.textContent =
-      counts[0] + " image(s) \u00d7 " + counts[1] + " model(s) \u00d7 " + counts[2] + " visualization(s) = " + counts[0] * counts[1] * counts[2] + " render(s)";
+      plural(imageCount, "image") + " \u00d7 " + plural(modelCount, "model") + " \u00d7 " + plural(pluginCount, "visualization") + " = " + plural(imageCount * modelCount * pluginCount, "render");
   }
 
   function buildSpec() {
@@ -1082,7 +1089,7 @@
   function jobParts(spec, imageNames) {
     const names = spec.images.map((id) => imageNames.get(id)).filter(Boolean);
     let imageText;
-    if (names.length !== spec.images.length || names.length === 0) imageText = spec.images.length + (spec.images.length === 1 ? " image" : " images");
+    if (names.length !== spec.images.length || names.length === 0) imageText = plural(spec.images.length, "image");
     else if (names.length <= 2) imageText = names.join(", ");
     else imageText = names[0] + " and " + (names.length - 1) + " more images";
     const models = spec.models.map((id) => (modelById(id) || { name: id }).name);
