@@ -6,6 +6,9 @@
 //!     cargo run --release -p picasso-gradient --example benchmark -- \
 //!     models/efficientnet-lite0.onnx --batch 16 --threads 2 --runs 7 [--profile] [--save OUT.onnx]
 //! ```
+//!
+//! `--save OUT.onnx --derive-only` writes the gradient model and skips the
+//! timing; `scripts/bench-gradients` times the saved model from Python.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -25,6 +28,7 @@ struct Options {
     runs: usize,
     profile: bool,
     save: Option<String>,
+    derive_only: bool,
 }
 
 fn parse_options() -> Result<Options> {
@@ -36,6 +40,7 @@ fn parse_options() -> Result<Options> {
         runs: 7,
         profile: false,
         save: None,
+        derive_only: false,
     };
     while let Some(arg) = args.next() {
         let mut number = |name: &str| -> Result<usize> {
@@ -52,14 +57,19 @@ fn parse_options() -> Result<Options> {
             "--runs" => options.runs = number("--runs")?,
             "--profile" => options.profile = true,
             "--save" => options.save = Some(args.next().context("--save needs a path")?),
+            "--derive-only" => options.derive_only = true,
             _ if arg.starts_with("--") => bail!("unknown option `{arg}`"),
             _ => options.model = arg,
         }
     }
     if options.model.is_empty() {
         bail!(
-            "usage: benchmark MODEL.onnx [--batch N] [--threads N] [--runs N] [--profile] [--save OUT.onnx]"
+            "usage: benchmark MODEL.onnx [--batch N] [--threads N] [--runs N] [--profile] \
+             [--save OUT.onnx [--derive-only]]"
         );
+    }
+    if options.derive_only && options.save.is_none() {
+        bail!("--derive-only needs --save OUT.onnx, or nothing would come of the run");
     }
     Ok(options)
 }
@@ -69,9 +79,6 @@ fn main() -> Result<()> {
     if options.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let path =
-        std::env::var("ORT_DYLIB_PATH").context("set ORT_DYLIB_PATH to libonnxruntime.so")?;
-    let environment = ort::init_from(&path)?.build()?;
 
     let bytes =
         std::fs::read(&options.model).with_context(|| format!("cannot read {}", options.model))?;
@@ -85,6 +92,12 @@ fn main() -> Result<()> {
         std::fs::write(path, gradient.to_bytes())
             .with_context(|| format!("cannot write {path}"))?;
     }
+    if options.derive_only {
+        return Ok(());
+    }
+    let path =
+        std::env::var("ORT_DYLIB_PATH").context("set ORT_DYLIB_PATH to libonnxruntime.so")?;
+    let environment = ort::init_from(&path)?.build()?;
 
     let input_dims = input_shape(&model, options.batch)?;
     // Deterministic pixels spread over [-1, 1), as normalized images are.
