@@ -480,7 +480,7 @@ impl ImageContext<'_> {
                     };
                     result.panels.push(PanelRecord::Heatmap {
                         title,
-                        heatmap: record,
+                        heatmap: Box::new(record),
                     });
                     heatmaps.push(Some(PendingHeatmap {
                         model: 0,

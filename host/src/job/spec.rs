@@ -213,7 +213,7 @@ pub enum PanelRecord {
     Heatmap {
         title: String,
         #[serde(flatten)]
-        heatmap: HeatmapRecord,
+        heatmap: Box<HeatmapRecord>,
     },
     Image {
         title: String,
