@@ -20,7 +20,8 @@ tests/data/mnist for the MNIST CNN.
 The cases run in rounds. Each round runs every case as a block of one
 untimed warm-up call and `--calls` timed calls, so each block finds its own
 weights in cache, as it would when run repeatedly. A machine load that
-changes over the run therefore reaches every case alike.
+changes over the run therefore reaches every case alike, and each round
+first waits for the other processes to leave the CPUs nearly idle.
 
 Before timing, the script checks that ONNX Runtime and PyTorch agree on the
 logits and the input gradient, so both sides compute the same map.
@@ -55,6 +56,13 @@ BATCHES = (1, 16)
 # different gradients. The gradient tests require 0.9999 against float64
 # references, and float32 on both sides here loses a little more.
 MIN_COSINE = 0.999
+
+# Before each round the script waits, up to MAX_WAIT_S seconds, until the
+# CPUs are busy at most IDLE_BUSY of the time over a 0.5 s window. This
+# process sleeps meanwhile, so the busy time is other processes'. Timings on
+# a machine shared with builds are otherwise mostly noise.
+IDLE_BUSY = 0.15
+MAX_WAIT_S = 120
 
 # Pause between blocks, in seconds. ONNX Runtime's and PyTorch's worker
 # threads spin for a while after a call. The pause lets them go to sleep, so
@@ -213,9 +221,39 @@ def model_cases(name, forward_path, gradient_path, net, batch16, threads) -> lis
     return cases
 
 
-def time_cases(cases: list[Case], rounds: int, calls: int) -> None:
+def cpu_busy(window_s: float = 0.5) -> float:
+    """Return the fraction of all CPU time spent outside idle over `window_s`."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as file:
+            fields = [int(value) for value in file.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle and iowait
+        return sum(fields), idle
+
+    total_before, idle_before = sample()
+    time.sleep(window_s)
+    total_after, idle_after = sample()
+    total = max(total_after - total_before, 1)
+    return 1.0 - (idle_after - idle_before) / total
+
+
+def wait_for_idle() -> float:
+    """Wait until the machine is idle enough, or MAX_WAIT_S, and return the last busy fraction."""
+    deadline = time.monotonic() + MAX_WAIT_S
+    busy = cpu_busy()
+    while busy > IDLE_BUSY and time.monotonic() < deadline:
+        busy = cpu_busy()
+    return busy
+
+
+def time_cases(cases: list[Case], rounds: int, calls: int) -> list[float]:
+    """Time every case in rounds and return the CPU busy fraction seen before each round."""
+    busy_before_rounds = []
     for round_index in range(rounds):
-        log(f"round {round_index + 1}/{rounds}, load average {os.getloadavg()[0]:.2f}")
+        busy = wait_for_idle()
+        busy_before_rounds.append(busy)
+        log(f"round {round_index + 1}/{rounds}: other processes used {busy:.0%} of the CPUs "
+            f"before it, load average {os.getloadavg()[0]:.2f}")
         for case in cases:
             time.sleep(SETTLE_S)
             case.call()
@@ -223,6 +261,7 @@ def time_cases(cases: list[Case], rounds: int, calls: int) -> None:
                 started = time.perf_counter()
                 case.call()
                 case.times_ms.append((time.perf_counter() - started) * 1e3)
+    return busy_before_rounds
 
 
 def find(cases: list[Case], model: str, batch: int, what: str) -> Case:
@@ -266,9 +305,11 @@ def main() -> None:
 
     log(f"timing {len(cases)} cases: {args.rounds} rounds of {args.calls} calls each, "
         f"{args.threads} threads")
-    time_cases(cases, args.rounds, args.calls)
+    busy = time_cases(cases, args.rounds, args.calls)
     print(f"{args.rounds * args.calls} timed calls per case, {args.threads} threads, "
-          f"ONNX Runtime {ort.__version__}, PyTorch {torch.__version__}.\n")
+          f"ONNX Runtime {ort.__version__}, PyTorch {torch.__version__}. Other processes used "
+          f"{min(busy):.0%} to {max(busy):.0%} of the CPUs before the rounds "
+          f"(median {statistics.median(busy):.0%}).\n")
     print_tables(cases, ["EfficientNet-Lite0", "MNIST CNN"])
 
 
