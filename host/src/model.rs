@@ -265,6 +265,23 @@ impl Model {
         Ok(logits)
     }
 
+    /// Preprocesses images and runs them, skipping the input checks of
+    /// [`Model::logits`]: a batch built by [`Model::preprocess`] has the
+    /// right shape and finite values by construction.
+    ///
+    /// # Errors
+    ///
+    /// A failed or terminated run.
+    pub fn logits_of_images(
+        &self,
+        images: &[RgbaImage],
+        options: Option<&RunOptions>,
+    ) -> Result<Vec<f32>, ModelError> {
+        let (shape, data) = self.preprocess(images);
+        let (logits, _) = self.run_logits(&shape, &data, options)?;
+        Ok(logits)
+    }
+
     fn run_logits(
         &self,
         shape: &[usize],

@@ -212,11 +212,20 @@ pub fn overlay(display: &RgbaImage, factor: f32, crop: CropRect, colored: &RgbaI
 /// Only if the encoder fails, which for an in-memory RGBA buffer means a
 /// bug.
 pub fn png(image: &RgbaImage) -> Result<Vec<u8>, image::ImageError> {
+    use image::ImageEncoder;
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+
+    // A job writes several PNGs per heatmap; the fast deflate setting keeps
+    // that a small part of a render's time, for files somewhat larger than
+    // the default setting makes.
     let mut bytes = Vec::new();
-    image.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )?;
+    PngEncoder::new_with_quality(&mut bytes, CompressionType::Fast, FilterType::Adaptive)
+        .write_image(
+            image.as_raw(),
+            image.width(),
+            image.height(),
+            image::ExtendedColorType::Rgba8,
+        )?;
     Ok(bytes)
 }
 

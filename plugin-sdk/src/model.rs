@@ -87,6 +87,22 @@ pub fn logits(batch: &Tensor) -> Result<Tensor, Error> {
     Ok(logits)
 }
 
+/// Preprocesses images and runs the model on them in one host call,
+/// returning the logits shaped `[batch, classes]`.
+///
+/// The result equals `logits(&preprocess(images)?)`, but the input tensor,
+/// three times the size of the images, is never copied into the plugin, so
+/// batches of perturbed images run faster this way.
+///
+/// # Errors
+///
+/// Fails as [`preprocess`] and [`logits`] do.
+pub fn logits_of_images(images: &[Image]) -> Result<Tensor, Error> {
+    let logits = imports::logits_of_images(images).map_err(Error::model("logits-of-images"))?;
+    check_logits(&logits, images.len())?;
+    Ok(logits)
+}
+
 /// Runs the model and its derivative on an input batch, with one seed per
 /// item. When `tensor` names one of [`ModelInfo::tensors`], its activations
 /// and their gradient come back too.
@@ -422,7 +438,7 @@ fn check_gradients(gradients: &Gradients, batch: &Tensor, with_tensor: bool) -> 
 }
 
 fn run_model(images: &[Image]) -> Result<Tensor, Error> {
-    logits(&preprocess(images)?)
+    logits_of_images(images)
 }
 
 /// The batching loop of [`for_each_batch`], with the model run and the

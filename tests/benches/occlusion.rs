@@ -19,7 +19,7 @@ use serde_json::json;
 const WINDOW: usize = 32;
 const STRIDE: usize = 8;
 const BATCH: usize = 16;
-const RUNS: usize = 5;
+const RUNS: usize = 9;
 
 fn main() {
     let release = repo_root().join("target/release/picasso");

@@ -91,22 +91,31 @@ pub fn normalize(declaration: &ModelDeclaration, frames: &[&RgbaImage]) -> (Vec<
 
     let plane = width * height;
     let mut data = vec![0.0f32; frames.len() * channels * plane];
-    for (n, frame) in frames.iter().enumerate() {
-        let item = &mut data[n * channels * plane..(n + 1) * channels * plane];
-        for (i, pixel) in frame.pixels().enumerate() {
-            let [r, g, b, _] = pixel.0;
-            let values: [u8; 3] = match input.color {
-                ColorOrder::Rgb => [r, g, b],
-                ColorOrder::Bgr => [b, g, r],
-                ColorOrder::Gray => [luma(r, g, b), 0, 0],
-            };
-            for c in 0..channels {
-                let value = tables[c][values[c] as usize];
-                let index = match input.layout {
-                    Layout::Nchw => c * plane + i,
-                    Layout::Nhwc => i * channels + c,
-                };
-                item[index] = value;
+    for (frame, item) in frames.iter().zip(data.chunks_exact_mut(channels * plane)) {
+        let pixels = frame.as_raw().chunks_exact(4);
+        // One pass per layout and color order keeps the branches out of the
+        // per-pixel loop, which runs for every image a plugin sends.
+        match (input.layout, input.color) {
+            // One channel is laid out the same in both layouts.
+            (_, ColorOrder::Gray) => {
+                for (out, px) in item.iter_mut().zip(pixels) {
+                    *out = tables[0][luma(px[0], px[1], px[2]) as usize];
+                }
+            }
+            (Layout::Nchw, color) => {
+                for (c, out_plane) in item.chunks_exact_mut(plane).enumerate() {
+                    let source = source_channel(color, c);
+                    for (out, px) in out_plane.iter_mut().zip(pixels.clone()) {
+                        *out = tables[c][px[source] as usize];
+                    }
+                }
+            }
+            (Layout::Nhwc, color) => {
+                for (out, px) in item.chunks_exact_mut(channels).zip(pixels) {
+                    for (c, value) in out.iter_mut().enumerate() {
+                        *value = tables[c][px[source_channel(color, c)] as usize];
+                    }
+                }
             }
         }
     }
@@ -116,6 +125,14 @@ pub fn normalize(declaration: &ModelDeclaration, frames: &[&RgbaImage]) -> (Vec<
         Layout::Nhwc => vec![frames.len(), height, width, channels],
     };
     (shape, data)
+}
+
+/// The RGBA byte that feeds model channel `c`.
+fn source_channel(color: ColorOrder, c: usize) -> usize {
+    match color {
+        ColorOrder::Bgr => 2 - c,
+        ColorOrder::Rgb | ColorOrder::Gray => c,
+    }
 }
 
 /// ITU-R BT.709 luma, the weights `image`'s `to_luma8` uses and the model

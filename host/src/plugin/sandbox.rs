@@ -776,6 +776,36 @@ impl RenderContext {
         Ok(())
     }
 
+    /// Checks images from the plugin against the batch and size limits and
+    /// turns them into host images.
+    fn decode_images(&self, images: Vec<bindings::Image>) -> Result<Vec<RgbaImage>, ModelError> {
+        if images.len() > self.limits.max_batch {
+            return Err(ModelError::LimitExceeded(format!(
+                "{} images; at most {} per call (sandbox.max_batch)",
+                images.len(),
+                self.limits.max_batch
+            )));
+        }
+        let mut decoded = Vec::with_capacity(images.len());
+        for (index, image) in images.into_iter().enumerate() {
+            let pixels = image.width as u64 * image.height as u64;
+            if pixels == 0 || pixels > self.limits.max_panel_pixels {
+                return Err(ModelError::InvalidArgument(format!(
+                    "image {index} is {}x{}",
+                    image.width, image.height
+                )));
+            }
+            let (width, height) = (image.width, image.height);
+            let rgba = RgbaImage::from_raw(width, height, image.pixels).ok_or_else(|| {
+                ModelError::InvalidArgument(format!(
+                    "image {index} has the wrong number of bytes for {width}x{height} RGBA"
+                ))
+            })?;
+            decoded.push(rgba);
+        }
+        Ok(decoded)
+    }
+
     /// Checks a batch tensor from the plugin and returns its batch size.
     fn check_batch(&self, batch: &Tensor) -> Result<usize, ModelError> {
         let shape: Vec<usize> = batch.shape.iter().map(|&d| d as usize).collect();
@@ -824,37 +854,46 @@ impl bindings::picasso::plugin::model::Host for State {
         images: Vec<bindings::Image>,
     ) -> wasmtime::Result<Result<Tensor, ModelError>> {
         let context = self.render_context()?;
-        if images.len() > context.limits.max_batch {
-            return Ok(Err(ModelError::LimitExceeded(format!(
-                "{} images; at most {} per call (sandbox.max_batch)",
-                images.len(),
-                context.limits.max_batch
-            ))));
-        }
-        let mut decoded = Vec::with_capacity(images.len());
-        for (index, image) in images.into_iter().enumerate() {
-            let pixels = image.width as u64 * image.height as u64;
-            if pixels == 0 || pixels > context.limits.max_panel_pixels {
-                return Ok(Err(ModelError::InvalidArgument(format!(
-                    "image {index} is {}x{}",
-                    image.width, image.height
-                ))));
-            }
-            match RgbaImage::from_raw(image.width, image.height, image.pixels) {
-                Some(rgba) => decoded.push(rgba),
-                None => {
-                    return Ok(Err(ModelError::InvalidArgument(format!(
-                        "image {index} has the wrong number of bytes for {}x{} RGBA",
-                        image.width, image.height
-                    ))));
-                }
-            }
-        }
+        let decoded = match context.decode_images(images) {
+            Ok(decoded) => decoded,
+            Err(error) => return Ok(Err(error)),
+        };
         let (shape, data) = context.model.preprocess(&decoded);
         Ok(Ok(Tensor {
             shape: shape.iter().map(|&d| d as u32).collect(),
             data,
         }))
+    }
+
+    fn logits_of_images(
+        &mut self,
+        images: Vec<bindings::Image>,
+    ) -> wasmtime::Result<Result<Tensor, ModelError>> {
+        let context = self.render_context()?;
+        let decoded = match context.decode_images(images) {
+            Ok(decoded) => decoded,
+            Err(error) => return Ok(Err(error)),
+        };
+        let items = decoded.len();
+        if items == 0 {
+            return Ok(Err(ModelError::InvalidArgument(
+                "no images; send at least one".to_owned(),
+            )));
+        }
+        context.spend(items)?;
+        let span = tracing::debug_span!("model_run", model = context.model.id(), items);
+        let result = span.in_scope(|| {
+            context
+                .model
+                .logits_of_images(&decoded, Some(&context.run_options))
+        });
+        context.check_time()?;
+        Ok(result
+            .map(|logits| Tensor {
+                shape: vec![items as u32, (logits.len() / items) as u32],
+                data: logits,
+            })
+            .map_err(model_error))
     }
 
     fn logits(&mut self, batch: Tensor) -> wasmtime::Result<Result<Tensor, ModelError>> {
