@@ -28,7 +28,7 @@
 //! outputs named in [`GradientModel`]. Build the session with all graph
 //! optimizations (`GraphOptimizationLevel::Level3`, ORT_ENABLE_ALL): the rules
 //! choose operators for ONNX Runtime's fused and NCHWc kernels, and
-//! `BENCHMARKS.md` in this crate records the resulting cost, about 3.3 to 3.8
+//! `BENCHMARKS.md` in this crate records the resulting cost, about 3.3 to 4
 //! forward passes for EfficientNet-Lite0 on 2 threads.
 //!
 //! # Key types
