@@ -215,9 +215,9 @@ pub fn png(image: &RgbaImage) -> Result<Vec<u8>, image::ImageError> {
     use image::ImageEncoder;
     use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 
-    // A job writes several PNGs per heatmap; the fast deflate setting keeps
-    // that a small part of a render's time, for files somewhat larger than
-    // the default setting makes.
+    // A job writes several PNGs per heatmap. The fast deflate setting keeps
+    // that a small part of a render's time, at the cost of somewhat larger
+    // files than the default setting makes.
     let mut bytes = Vec::new();
     PngEncoder::new_with_quality(&mut bytes, CompressionType::Fast, FilterType::Adaptive)
         .write_image(
