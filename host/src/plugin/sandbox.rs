@@ -822,6 +822,19 @@ impl RenderContext {
     }
 }
 
+/// Shapes a model run's logits as the `[batch, classes]` tensor of the WIT.
+fn logits_tensor(
+    items: usize,
+    result: Result<Vec<f32>, model::ModelError>,
+) -> Result<Tensor, ModelError> {
+    result
+        .map(|logits| Tensor {
+            shape: vec![items as u32, (logits.len() / items.max(1)) as u32],
+            data: logits,
+        })
+        .map_err(model_error)
+}
+
 fn model_error(error: model::ModelError) -> ModelError {
     match error {
         model::ModelError::InvalidArgument(m) => ModelError::InvalidArgument(m),
@@ -888,12 +901,7 @@ impl bindings::picasso::plugin::model::Host for State {
                 .logits_of_images(&decoded, Some(&context.run_options))
         });
         context.check_time()?;
-        Ok(result
-            .map(|logits| Tensor {
-                shape: vec![items as u32, (logits.len() / items) as u32],
-                data: logits,
-            })
-            .map_err(model_error))
+        Ok(logits_tensor(items, result))
     }
 
     fn logits(&mut self, batch: Tensor) -> wasmtime::Result<Result<Tensor, ModelError>> {
@@ -913,12 +921,7 @@ impl bindings::picasso::plugin::model::Host for State {
         // A run stopped by the watchdog fails; report the reason instead of
         // ONNX Runtime's message.
         context.check_time()?;
-        Ok(result
-            .map(|logits| Tensor {
-                shape: vec![items as u32, (logits.len() / items.max(1)) as u32],
-                data: logits,
-            })
-            .map_err(model_error))
+        Ok(logits_tensor(items, result))
     }
 
     fn gradients(
