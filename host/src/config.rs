@@ -411,10 +411,10 @@ impl Config {
     }
 }
 
-/// The environment variables that name a configuration key. Every key sits
-/// in a section, so a key variable has `__` after the prefix; others, such
-/// as a script's own `PICASSO_BIN`, are left alone instead of failing as
-/// unknown keys.
+/// Keeps the environment variables that name a configuration key. Every key
+/// is in a section, so its variable has `__` after the prefix. Other
+/// variables, such as a script's own `PICASSO_BIN`, are ignored instead of
+/// failing as unknown keys.
 fn config_variables(
     variables: impl Iterator<Item = (String, String)>,
 ) -> config::Map<String, String> {

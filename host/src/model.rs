@@ -1,7 +1,7 @@
 //! Models: their declarations, ONNX Runtime sessions, preprocessing and
 //! scores.
 //!
-//! [`ModelCatalog`] holds every model declared in the models folder. A
+//! [`ModelCatalog`] contains every model declared in the models folder. A
 //! [`Model`] turns photos into input frames and tensors
 //! ([`preprocess`](self::preprocess)) and runs them ([`Model::logits`]).
 //! The model service does not know plugins: the sandbox translates plugin

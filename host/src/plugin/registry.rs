@@ -123,7 +123,7 @@ impl std::fmt::Debug for PluginRegistry {
 }
 
 impl PluginRegistry {
-    /// Creates a registry for `dir` and loads it. `cache_dir` holds compiled
+    /// Creates a registry for `dir` and loads it. `cache_dir` contains compiled
     /// components; `None` compiles every time.
     pub fn new(sandbox: Arc<Sandbox>, dir: PathBuf, cache_dir: Option<PathBuf>) -> PluginRegistry {
         let registry = PluginRegistry {

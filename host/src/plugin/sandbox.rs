@@ -5,10 +5,10 @@
 //! The store carries the limits of [`SandboxLimits`]:
 //!
 //! - linear memory and tables through a [`ResourceLimiter`];
-//! - wall-clock time inside the plugin through epoch interruption (a
-//!   callback every [`CHECK_INTERVAL`] that also stops a cancelled job), and
-//!   time inside host calls through a check at every call plus an ONNX
-//!   Runtime terminate flag that a watchdog sets at the deadline;
+//! - wall-clock time inside the plugin through epoch interruption, with a
+//!   callback every [`CHECK_INTERVAL`] that also stops a cancelled job;
+//! - wall-clock time inside host calls through a check at every call, plus
+//!   an ONNX Runtime terminate flag that a watchdog sets at the deadline;
 //! - model work: images sent through the model, counted at each call;
 //! - the size of the output (panels, pixels, bytes), checked before the host
 //!   uses it;
