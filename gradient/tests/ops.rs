@@ -8,6 +8,7 @@ use common::{
     D, GraphBuilder, Rng, array, assert_matches_finite_differences, float, int, ints, string,
 };
 use ndarray::ArrayD;
+use picasso_gradient::{Request, derive};
 
 const N: D = D::S("N");
 
@@ -121,6 +122,76 @@ fn conv_depthwise_stride_two() {
         &[4, 1, 3, 3],
         attributes,
         18,
+    );
+}
+
+/// Strided depthwise convolutions with static sizes take the spread-and-flip
+/// form (a 1x1 ConvTranspose, then a stride-1 Conv). These geometries vary
+/// what that form computes: odd and even sizes, per-axis strides that leave
+/// trailing rows and columns unread, dilation, a 5x5 kernel and pads that
+/// differ per side.
+#[test]
+fn conv_depthwise_strided_spread_and_flip() {
+    check_strided_depthwise(
+        "depthwise 5x5 stride 2, pads [1,1,2,2], 8x8",
+        &[1, 3, 8, 8],
+        &[3, 1, 5, 5],
+        vec![ints("strides", &[2, 2]), ints("pads", &[1, 1, 2, 2])],
+    );
+    check_strided_depthwise(
+        "depthwise 3x3 strides [2,3] on 9x10, pads [0,1,1,0]",
+        &[1, 2, 9, 10],
+        &[2, 1, 3, 3],
+        vec![ints("strides", &[2, 3]), ints("pads", &[0, 1, 1, 0])],
+    );
+    check_strided_depthwise(
+        "depthwise 3x3 stride 2 dilation 2 on 11x8, pads [2,2,2,2]",
+        &[1, 2, 11, 8],
+        &[2, 1, 3, 3],
+        vec![
+            ints("strides", &[2, 2]),
+            ints("dilations", &[2, 2]),
+            ints("pads", &[2, 2, 2, 2]),
+        ],
+    );
+    check_strided_depthwise(
+        "depthwise 3x3 stride 3, no pads, 8x7",
+        &[1, 2, 8, 7],
+        &[2, 1, 3, 3],
+        vec![ints("strides", &[3, 3])],
+    );
+}
+
+/// Checks a depthwise Conv against finite differences and that its static
+/// form derives to the forward Conv, one spreading ConvTranspose and one
+/// flipped Conv.
+fn check_strided_depthwise(
+    case: &str,
+    input: &[usize],
+    weight: &[i64],
+    mut attributes: Vec<onnx_protobuf::AttributeProto>,
+) {
+    attributes.push(int("group", weight[0]));
+    check_conv(case, input, weight, attributes.clone(), 17);
+
+    let mut b = GraphBuilder::new(17);
+    let x = b.input("x", &dims(input));
+    let w = weights(&mut b, weight, 3);
+    let y = b.op("Conv", &[&x, &w], attributes);
+    let derived = derive(&b.build(&y), &Request::default()).expect("derive succeeds");
+    let ops: Vec<&str> = derived
+        .model
+        .graph
+        .node
+        .iter()
+        .map(|n| n.op_type.as_str())
+        .collect();
+    let count = |op: &str| ops.iter().filter(|&&o| o == op).count();
+    assert_eq!(
+        (count("Conv"), count("ConvTranspose")),
+        (2, 1),
+        "{case}: expected the forward Conv, one spreading ConvTranspose and one flipped Conv, \
+         got {ops:?}"
     );
 }
 

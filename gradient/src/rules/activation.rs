@@ -72,7 +72,9 @@ fn clip(bw: &mut Backward, n: &NodeGrads) -> Result<String, GradientError> {
         .filter_map(|(bound, side)| bound.map(|b| b.mask(bw, y, side)))
         .collect();
     // Combining the masks before applying them leaves one tensor to reorder
-    // where the gradient arrives in plain NCHW layout (after ConvTranspose).
+    // where the gradient arrives in plain NCHW layout (after a ConvTranspose).
+    // Applying them one after the other measured the same on
+    // EfficientNet-Lite0, whose gradients now mostly arrive in NCHWc.
     let mask = match masks.as_slice() {
         [] => return Ok(g.to_owned()),
         [single] => single.clone(),
