@@ -126,7 +126,7 @@ pub(super) fn conv(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientError
     Ok(())
 }
 
-/// A stride-1 Conv of `g` with the flipped weights `w` and the given pads.
+/// Emits a stride-1 Conv of `g` with the flipped weights `w` and the given pads.
 fn flipped_conv(
     bw: &mut Backward,
     g: &str,
@@ -144,8 +144,8 @@ fn flipped_conv(
     bw.em.op("Conv", &[g, w], attributes)
 }
 
-/// Pads of the flipped stride-1 Conv that computes a stride-1 convolution's input
-/// gradient: `extent - 1 - pad` on each side, or `None` when a forward pad is
+/// Returns the pads of the flipped stride-1 Conv that computes a stride-1
+/// convolution's input gradient: `extent - 1 - pad` on each side, or `None` when a forward pad is
 /// wider than the kernel (a negative pad that ONNX cannot express).
 fn unit_stride_pads(window: &Window) -> Option<Vec<i64>> {
     let spatial = window.kernel.len();
@@ -156,8 +156,9 @@ fn unit_stride_pads(window: &Window) -> Option<Vec<i64>> {
         .collect()
 }
 
-/// How a strided convolution's output gradient is spread to the strided grid
-/// (see [`spread_to_grid`]) and read back by a flipped stride-1 Conv.
+/// The plan for spreading a strided convolution's output gradient onto the
+/// strided grid (see [`spread_to_grid`]) and reading it with a flipped stride-1
+/// Conv.
 struct Spread {
     /// `output_padding` of the spreading ConvTranspose: trailing zeros of the grid.
     trailing: Vec<i64>,
@@ -170,7 +171,7 @@ impl Spread {
     /// a pad would be negative.
     ///
     /// Along one axis with input size `x`, output size `o`, stride `s` and
-    /// begin pad `p`, the grid holds `(o - 1) * s + 1 + t` positions, `t`
+    /// begin pad `p`, the grid has `(o - 1) * s + 1 + t` positions, `t`
     /// trailing zeros. Input position `i` gathers grid position `i + p - d * k`
     /// through kernel tap `k`, so the flipped Conv pads `extent - 1 - p` at the
     /// start and `x - grid + p` at the end. The trailing zeros (at most
