@@ -316,24 +316,69 @@ fn parse_value(
 }
 
 fn parse_class(given: &Value, models: &[&Model]) -> Result<SettingValue, String> {
-    if given.is_null() {
-        return Ok(SettingValue::Class(None));
-    }
-    let Some(index) = given.as_u64() else {
-        return Err("expected a class index or null for the top-1 class".to_owned());
+    let labels: Vec<(&str, &[String])> = models
+        .iter()
+        .map(|model| (model.id(), model.labels.as_slice()))
+        .collect();
+    class_value(given, &labels).map(SettingValue::Class)
+}
+
+/// Reads a class setting against the labels of each chosen model (id and
+/// labels): `null`, a class index valid for every model, or a label that
+/// names the same index in every model.
+fn class_value(given: &Value, models: &[(&str, &[String])]) -> Result<Option<u32>, String> {
+    let index = match given {
+        Value::Null => return Ok(None),
+        Value::String(label) => class_of_label(label, models)?,
+        _ => given.as_u64().ok_or_else(|| {
+            "expected a class index, a class label, or null for the plugin's default \
+             classes (its top-k); the indices and labels are under `labels` in GET /api/models"
+                .to_owned()
+        })?,
     };
-    for model in models {
-        if index >= model.classes() as u64 {
+    for (id, labels) in models {
+        if index >= labels.len() as u64 {
             return Err(format!(
-                "model `{}` has classes 0 to {}",
-                model.id(),
-                model.classes().saturating_sub(1)
+                "model `{id}` has classes 0 to {}",
+                labels.len().saturating_sub(1)
             ));
         }
     }
     u32::try_from(index)
-        .map(|i| SettingValue::Class(Some(i)))
+        .map(Some)
         .map_err(|_| "class index too large".to_owned())
+}
+
+/// Finds the index of `label` (ignoring case and surrounding spaces) in
+/// every model's labels, and checks that it is the same in all of them.
+fn class_of_label(label: &str, models: &[(&str, &[String])]) -> Result<u64, String> {
+    let wanted = label.trim();
+    let mut found: Option<(u64, &str)> = None;
+    for (id, labels) in models {
+        let Some(index) = labels
+            .iter()
+            .position(|l| l.trim().eq_ignore_ascii_case(wanted))
+        else {
+            return Err(format!(
+                "model `{id}` has no class labeled `{wanted}`; give a label from `labels` in \
+                 GET /api/models, or a class index"
+            ));
+        };
+        let index = index as u64;
+        match found {
+            Some((first, first_id)) if first != index => {
+                return Err(format!(
+                    "`{wanted}` is class {first} of model `{first_id}` but class {index} of \
+                     model `{id}`; give a class index, or choose the models one at a time"
+                ));
+            }
+            Some(_) => {}
+            None => found = Some((index, id)),
+        }
+    }
+    found
+        .map(|(index, _)| index)
+        .ok_or_else(|| "no model is chosen".to_owned())
 }
 
 fn parse_tensor(given: &Value, models: &[&Model]) -> Result<SettingValue, String> {
@@ -352,4 +397,58 @@ fn parse_tensor(given: &Value, models: &[&Model]) -> Result<SettingValue, String
         }
     }
     Ok(SettingValue::Tensor(Some(name.to_owned())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn labels(names: &[&str]) -> Vec<String> {
+        names.iter().map(|&n| n.to_owned()).collect()
+    }
+
+    #[test]
+    fn class_from_index_label_or_null() {
+        let digits = labels(&["0", "1", "2"]);
+        let models = [("digits", digits.as_slice())];
+        assert_eq!(class_value(&Value::Null, &models), Ok(None));
+        assert_eq!(class_value(&json!(2), &models), Ok(Some(2)));
+        assert_eq!(class_value(&json!("1"), &models), Ok(Some(1)));
+        assert_eq!(class_value(&json!(" 2 "), &models), Ok(Some(2)));
+    }
+
+    #[test]
+    fn class_label_ignores_case() {
+        let animals = labels(&["tabby", "Egyptian Mau"]);
+        let models = [("animals", animals.as_slice())];
+        assert_eq!(class_value(&json!("egyptian mau"), &models), Ok(Some(1)));
+    }
+
+    #[test]
+    fn class_errors_name_the_value() {
+        let digits = labels(&["0", "1", "2"]);
+        let shifted = labels(&["x", "0", "1", "2"]);
+        let one = [("digits", digits.as_slice())];
+        let two = [
+            ("digits", digits.as_slice()),
+            ("shifted", shifted.as_slice()),
+        ];
+
+        let out_of_range = class_value(&json!(3), &one).expect_err("rejected");
+        assert!(out_of_range.contains("classes 0 to 2"), "{out_of_range}");
+        let unknown = class_value(&json!("seven"), &one).expect_err("rejected");
+        assert!(unknown.contains("`seven`"), "{unknown}");
+        let ambiguous = class_value(&json!("1"), &two).expect_err("rejected");
+        assert!(
+            ambiguous.contains("class 1 of model `digits`"),
+            "{ambiguous}"
+        );
+        assert!(
+            ambiguous.contains("class 2 of model `shifted`"),
+            "{ambiguous}"
+        );
+        let wrong_type = class_value(&json!(true), &one).expect_err("rejected");
+        assert!(wrong_type.contains("GET /api/models"), "{wrong_type}");
+    }
 }
