@@ -7,7 +7,7 @@ use onnx_protobuf::{GraphProto, ModelProto, NodeProto};
 
 use crate::emitter::Emitter;
 use crate::graph::{Graph, is_default_domain};
-use crate::proto::{FLOAT, attr_int, node_label, value_info};
+use crate::proto::{FLOAT, attr_int, is_floating, node_label, value_info};
 use crate::shapes::{Dim, Shape};
 use crate::{GradientError, GradientModel, IntermediateOutputs, Request, rules};
 
@@ -291,24 +291,57 @@ fn resolve(graph: &Graph, request: &Request) -> Result<Targets, GradientError> {
         None => default_output(graph)?,
     };
 
+    let mut intermediates: Vec<String> = Vec::new();
     for name in &request.intermediates {
         if !graph.contains(name) {
             return Err(GradientError::UnknownTensor {
                 name: name.clone(),
                 role: "an intermediate",
-                hint: "list the candidates with inspectable_tensors".into(),
+                hint: intermediate_hint(graph),
+            });
+        }
+        if !intermediates.contains(name) {
+            intermediates.push(name.clone());
+        }
+    }
+    // The seed multiplies the output and the rules emit float32 arithmetic,
+    // so an output or intermediate of another type would give a model that
+    // ONNX Runtime refuses to load.
+    for tensor in std::iter::once(&output).chain(&intermediates) {
+        if let Some(elem_type) = graph.elem_type(tensor).filter(|&t| t != FLOAT) {
+            return Err(GradientError::UnsupportedType {
+                tensor: tensor.clone(),
+                elem_type,
             });
         }
     }
     Ok(Targets {
         input,
         output,
-        intermediates: request.intermediates.clone(),
+        intermediates,
     })
 }
 
+/// Names a few inspectable tensors for the error about an unknown one.
+fn intermediate_hint(graph: &Graph) -> String {
+    const SHOWN: usize = 8;
+    let names: Vec<String> = crate::inspect::candidates(graph)
+        .into_iter()
+        .map(|t| format!("`{}`", t.name))
+        .collect();
+    match names.len() {
+        0 => "the model has no float32 tensor between its input and output to inspect".into(),
+        n if n <= SHOWN => format!("the inspectable tensors are {}", names.join(", ")),
+        n => format!(
+            "the last {SHOWN} of its {n} inspectable tensors are {}",
+            names[n - SHOWN..].join(", ")
+        ),
+    }
+}
+
 /// Picks the single graph output, or the input of the Softmax or LogSoftmax
-/// producing it, because gradients of probabilities vanish near 0 and 1.
+/// over the classes that produces it (through any Identity nodes), because
+/// gradients of probabilities vanish near 0 and 1.
 fn default_output(graph: &Graph) -> Result<String, GradientError> {
     let outputs: Vec<&str> = graph
         .proto()
@@ -323,10 +356,24 @@ fn default_output(graph: &Graph) -> Result<String, GradientError> {
             candidates: outputs.join(", "),
         });
     };
-    match graph.producer(output) {
+    if graph.producer(output).is_none() && !graph.contains(output) {
+        return Err(GradientError::Malformed(format!(
+            "the graph output `{output}` is not produced by any node, input or initializer"
+        )));
+    }
+    let mut tensor = *output;
+    while let Some(node) = graph.producer(tensor)
+        && is_default_domain(node)
+        && node.op_type == "Identity"
+        && let Some(input) = node.input.first()
+    {
+        tensor = input;
+    }
+    match graph.producer(tensor) {
         Some(node)
             if is_default_domain(node)
-                && matches!(node.op_type.as_str(), "Softmax" | "LogSoftmax") =>
+                && matches!(node.op_type.as_str(), "Softmax" | "LogSoftmax")
+                && normalizes_last_axis(graph, node, tensor) =>
         {
             node.input.first().cloned().ok_or_else(|| {
                 GradientError::Malformed(format!("node `{}` has no input", node_label(node)))
@@ -336,14 +383,33 @@ fn default_output(graph: &Graph) -> Result<String, GradientError> {
     }
 }
 
+/// Tells whether a Softmax or LogSoftmax normalizes each item over its
+/// classes: over the last axis from opset 13 on, or from an axis after the
+/// batch axis before it. With an unknown rank, only axis -1 qualifies.
+fn normalizes_last_axis(graph: &Graph, node: &NodeProto, output: &str) -> bool {
+    let default = if graph.opset >= 13 { -1 } else { 1 };
+    let axis = attr_int(node, "axis").unwrap_or(default);
+    let rank = graph.rank(output).and_then(|r| i64::try_from(r).ok());
+    match rank {
+        Some(rank) if graph.opset < 13 => {
+            // Coerced to 2-D at `axis`: the axes from it on are normalized
+            // together, per item unless that includes the batch axis 0.
+            let axis = if axis < 0 { axis + rank } else { axis };
+            (1..rank).contains(&axis)
+        }
+        Some(rank) => axis == -1 || axis == rank - 1,
+        None => axis == -1,
+    }
+}
+
 /// Tensors that depend on a source (the input or an intermediate) and that the
 /// differentiated output depends on.
 fn needs_gradient(graph: &Graph, targets: &Targets) -> HashSet<String> {
     let mut forward: HashSet<&str> = HashSet::new();
     forward.insert(&targets.input);
     forward.extend(targets.intermediates.iter().map(String::as_str));
-    for node in graph.nodes() {
-        if !node.input.iter().any(|i| forward.contains(i.as_str())) {
+    for (index, node) in graph.nodes().iter().enumerate() {
+        if !graph.reads(index).any(|i| forward.contains(i)) {
             continue;
         }
         for (k, output) in node.output.iter().enumerate() {
@@ -355,9 +421,9 @@ fn needs_gradient(graph: &Graph, targets: &Targets) -> HashSet<String> {
 
     let mut backward: HashSet<&str> = HashSet::new();
     backward.insert(&targets.output);
-    for node in graph.nodes().iter().rev() {
+    for (index, node) in graph.nodes().iter().enumerate().rev() {
         if node.output.iter().any(|o| backward.contains(o.as_str())) {
-            backward.extend(node.input.iter().map(String::as_str));
+            backward.extend(graph.reads(index));
         }
     }
 
@@ -367,8 +433,12 @@ fn needs_gradient(graph: &Graph, targets: &Targets) -> HashSet<String> {
         .collect()
 }
 
+/// Tells whether output `k` of `node` can carry a gradient from its inputs.
+/// Floating-point outputs of any width do, so that a float16 or float64
+/// stretch of the path is reported by `check_types` instead of silently
+/// cutting the gradient to zero.
 fn carries_gradient(graph: &Graph, node: &NodeProto, k: usize, output: &str) -> bool {
-    if output.is_empty() || graph.elem_type(output).is_some_and(|t| t != FLOAT) {
+    if output.is_empty() || graph.elem_type(output).is_some_and(|t| !is_floating(t)) {
         return false;
     }
     if !is_default_domain(node) {
@@ -378,7 +448,9 @@ fn carries_gradient(graph: &Graph, node: &NodeProto, k: usize, output: &str) -> 
     if NON_DIFFERENTIABLE.contains(&op) {
         return false;
     }
-    if op == "Cast" && attr_int(node, "to").is_some_and(|t| t != i64::from(FLOAT)) {
+    if op == "Cast"
+        && attr_int(node, "to").is_some_and(|t| !i32::try_from(t).is_ok_and(is_floating))
+    {
         return false;
     }
     // Indices of MaxPool, the mask of Dropout and the statistics of
@@ -418,6 +490,14 @@ fn walk_backward(bw: &mut Backward) -> Result<(), GradientError> {
                 }
             })
             .collect();
+        // A subgraph that reads a tensor of the path from the enclosing scope
+        // is part of the path even when none of its explicit inputs is.
+        if graph.captured(index).iter().any(|c| bw.needs.contains(c)) {
+            return Err(GradientError::UnsupportedOp {
+                op_type: node.op_type.clone(),
+                node: node_label(node),
+            });
+        }
         let wants: Vec<bool> = node
             .input
             .iter()

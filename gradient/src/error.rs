@@ -71,7 +71,9 @@ pub enum GradientError {
 
     /// A tensor on the differentiated path has an element type other than float32.
     #[error(
-        "tensor `{tensor}` has element type {elem_type}, expected float32 (1) on the differentiated path"
+        "tensor `{tensor}` on the differentiated path has element type {}; gradients are \
+         derived for float32 tensors only, so export the model in float32",
+        crate::proto::type_name(*elem_type)
     )]
     UnsupportedType {
         /// The tensor's name.

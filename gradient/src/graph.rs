@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use onnx_protobuf::{GraphProto, ModelProto, NodeProto};
 
 use crate::GradientError;
-use crate::proto::{Constant, read_constant_node, read_tensor, tensor_type};
+use crate::proto::{BOOL, Constant, INT64, attr_int, read_constant_node, read_tensor, tensor_type};
 use crate::shapes::{self, Dim, Shape};
 
 /// The lowest and highest default-domain opsets whose operator forms the rules know.
@@ -22,6 +22,9 @@ pub(crate) struct Graph<'m> {
     constants: HashMap<String, Constant>,
     elem_types: HashMap<String, i32>,
     shapes: HashMap<String, Shape>,
+    /// Outer-scope tensors that a node's subgraphs (`If`, `Loop`, `Scan`) read,
+    /// by node index.
+    captured: HashMap<usize, Vec<String>>,
 }
 
 impl<'m> Graph<'m> {
@@ -55,6 +58,7 @@ impl<'m> Graph<'m> {
             constants: HashMap::new(),
             elem_types: HashMap::new(),
             shapes: HashMap::new(),
+            captured: HashMap::new(),
         };
         graph.index_nodes()?;
         graph.index_types();
@@ -84,6 +88,15 @@ impl<'m> Graph<'m> {
                     )));
                 }
                 available.insert(output);
+            }
+            let captured = captured_tensors(node);
+            if !captured.is_empty() {
+                self.captured.insert(index, captured);
+            }
+            // Some operators fix their output type: value_info, read later,
+            // may still override what is recorded here.
+            if let (Some(out), Some(elem_type)) = (node.output.first(), fixed_output_type(node)) {
+                self.elem_types.insert(out.clone(), elem_type);
             }
             if node.op_type == "Constant"
                 && is_default_domain(node)
@@ -131,6 +144,22 @@ impl<'m> Graph<'m> {
 
     pub fn nodes(&self) -> &'m [NodeProto] {
         &self.proto.node
+    }
+
+    /// Lists the tensors node `index` reads: its inputs, then the outer-scope
+    /// tensors its subgraphs read.
+    pub fn reads(&self, index: usize) -> impl Iterator<Item = &str> {
+        self.proto.node[index]
+            .input
+            .iter()
+            .chain(self.captured.get(&index).into_iter().flatten())
+            .map(String::as_str)
+            .filter(|name| !name.is_empty())
+    }
+
+    /// Lists the outer-scope tensors that node `index`'s subgraphs read.
+    pub fn captured(&self, index: usize) -> &[String] {
+        self.captured.get(&index).map_or(&[], Vec::as_slice)
     }
 
     pub fn producer(&self, tensor: &str) -> Option<&'m NodeProto> {
@@ -185,6 +214,64 @@ impl<'m> Graph<'m> {
             self.constant(tensor)
                 .map(|c| c.dims.iter().map(|&d| Dim::Fixed(d)).collect())
         })
+    }
+}
+
+/// Returns the element type of `node`'s first output when the operator fixes
+/// it: a Cast's `to`, int64 for shapes, sizes and indices, bool for
+/// comparisons and logic.
+fn fixed_output_type(node: &NodeProto) -> Option<i32> {
+    if !is_default_domain(node) {
+        return None;
+    }
+    match node.op_type.as_str() {
+        "Cast" => attr_int(node, "to").and_then(|to| i32::try_from(to).ok()),
+        "Shape" | "Size" | "ArgMax" | "ArgMin" | "NonZero" => Some(INT64),
+        "Equal" | "Greater" | "Less" | "GreaterOrEqual" | "LessOrEqual" | "Not" | "And" | "Or"
+        | "Xor" | "IsNaN" | "IsInf" => Some(BOOL),
+        _ => None,
+    }
+}
+
+/// Returns the tensors that `node`'s subgraph attributes read from enclosing
+/// scopes: names used inside a subgraph that it neither takes as an input nor
+/// defines, at any depth.
+fn captured_tensors(node: &NodeProto) -> Vec<String> {
+    let mut captured = Vec::new();
+    for attribute in &node.attribute {
+        for subgraph in attribute.g.as_ref().into_iter().chain(&attribute.graphs) {
+            collect_captured(subgraph, &HashSet::new(), &mut captured);
+        }
+    }
+    captured
+}
+
+fn collect_captured(graph: &GraphProto, outer: &HashSet<String>, captured: &mut Vec<String>) {
+    let mut defined: HashSet<String> = outer.clone();
+    defined.extend(graph.input.iter().map(|i| i.name.clone()));
+    defined.extend(graph.initializer.iter().map(|t| t.name.clone()));
+    let mut note = |name: &str, defined: &HashSet<String>| {
+        if !name.is_empty() && !defined.contains(name) && !captured.iter().any(|c| c == name) {
+            captured.push(name.to_owned());
+        }
+    };
+    for node in &graph.node {
+        for input in &node.input {
+            note(input, &defined);
+        }
+        for attribute in &node.attribute {
+            for subgraph in attribute.g.as_ref().into_iter().chain(&attribute.graphs) {
+                let mut inner = Vec::new();
+                collect_captured(subgraph, &defined, &mut inner);
+                for name in inner {
+                    note(&name, &defined);
+                }
+            }
+        }
+        defined.extend(node.output.iter().cloned());
+    }
+    for output in &graph.output {
+        note(&output.name, &defined);
     }
 }
 

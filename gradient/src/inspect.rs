@@ -26,9 +26,14 @@ pub struct TensorInfo {
 /// A model that fails to index (no graph, unsupported opset, nodes out of order)
 /// has no inspectable tensors.
 pub fn inspectable_tensors(model: &ModelProto) -> Vec<TensorInfo> {
-    let Ok(graph) = Graph::new(model) else {
-        return Vec::new();
-    };
+    match Graph::new(model) {
+        Ok(graph) => candidates(&graph),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Lists the inspectable tensors of an indexed graph; see [`inspectable_tensors`].
+pub(crate) fn candidates(graph: &Graph) -> Vec<TensorInfo> {
     let mut variable: HashSet<&str> = graph.runtime_inputs().into_iter().collect();
     let mut result = Vec::new();
     for node in graph.nodes() {
@@ -37,11 +42,9 @@ pub fn inspectable_tensors(model: &ModelProto) -> Vec<TensorInfo> {
         }
         for output in node.output.iter().filter(|o| !o.is_empty()) {
             variable.insert(output);
-            let float = match graph.elem_type(output) {
-                Some(t) => t == FLOAT,
-                None => !produces_non_float(&node.op_type),
-            };
-            if !float {
+            // The graph records the types that operators such as Shape or
+            // Equal fix, so an unknown type is most likely float.
+            if graph.elem_type(output).is_some_and(|t| t != FLOAT) {
                 continue;
             }
             result.push(TensorInfo {
@@ -52,25 +55,6 @@ pub fn inspectable_tensors(model: &ModelProto) -> Vec<TensorInfo> {
         }
     }
     result
-}
-
-fn produces_non_float(op_type: &str) -> bool {
-    matches!(
-        op_type,
-        "Shape"
-            | "Size"
-            | "Equal"
-            | "Greater"
-            | "Less"
-            | "GreaterOrEqual"
-            | "LessOrEqual"
-            | "Not"
-            | "And"
-            | "Or"
-            | "ArgMax"
-            | "ArgMin"
-            | "NonZero"
-    )
 }
 
 fn batch_one_shape(shape: Option<&Vec<Dim>>) -> Vec<i64> {

@@ -14,6 +14,48 @@ use crate::shapes::{Dim, Shape};
 pub(crate) const FLOAT: i32 = DataType::FLOAT as i32;
 /// `TensorProto.DataType` of int64.
 pub(crate) const INT64: i32 = DataType::INT64 as i32;
+/// `TensorProto.DataType` of bool.
+pub(crate) const BOOL: i32 = DataType::BOOL as i32;
+
+/// Tells whether a `TensorProto.DataType` is a floating-point type: values of
+/// such a type carry gradients, though the rules handle float32 only.
+pub(crate) fn is_floating(elem_type: i32) -> bool {
+    [
+        DataType::FLOAT,
+        DataType::FLOAT16,
+        DataType::DOUBLE,
+        DataType::BFLOAT16,
+        DataType::FLOAT8E4M3FN,
+        DataType::FLOAT8E4M3FNUZ,
+        DataType::FLOAT8E5M2,
+        DataType::FLOAT8E5M2FNUZ,
+    ]
+    .iter()
+    .any(|&t| t as i32 == elem_type)
+}
+
+/// Names a `TensorProto.DataType` for messages.
+pub(crate) fn type_name(elem_type: i32) -> String {
+    let name = match elem_type {
+        1 => "float32",
+        2 => "uint8",
+        3 => "int8",
+        4 => "uint16",
+        5 => "int16",
+        6 => "int32",
+        7 => "int64",
+        8 => "string",
+        9 => "bool",
+        10 => "float16",
+        11 => "float64",
+        12 => "uint32",
+        13 => "uint64",
+        16 => "bfloat16",
+        17..=20 => "float8",
+        _ => return format!("data type {elem_type}"),
+    };
+    format!("{name} ({elem_type})")
+}
 
 /// Names a node in messages by its name, or by its first output when unnamed.
 pub(crate) fn node_label(node: &NodeProto) -> String {

@@ -276,11 +276,16 @@ fn window_output(node: &NodeProto, x: &Shape, kernel: &Shape, ceil: bool) -> Opt
                 Some(size) => {
                     let k_eff = (kernel[i] - 1) * dilations[i] + 1;
                     let span = size + begin[i] + end[i] - k_eff;
-                    let steps = if ceil {
+                    let mut steps = if ceil {
                         (span + strides[i] - 1) / strides[i]
                     } else {
                         span / strides[i]
                     };
+                    // ONNX Runtime, like PyTorch, drops a last ceil_mode window
+                    // that would start inside the end padding.
+                    if ceil && steps > 0 && steps * strides[i] >= size + begin[i] {
+                        steps -= 1;
+                    }
                     Dim::Fixed(steps + 1)
                 }
                 None => Dim::Unknown,

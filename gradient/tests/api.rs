@@ -461,3 +461,146 @@ fn malformed_graphs_are_errors() {
         "error kind: {error:?}"
     );
 }
+
+/// x [1, 6] -> Cast(to) -> Cast(float) -> y, for a floating `to` other than float32.
+fn cast_round_trip(to: i64) -> ModelProto {
+    let mut b = GraphBuilder::new(17);
+    let x = b.input("x", &[D::N(1), D::N(6)]);
+    let narrow = b.op("Cast", &[&x], vec![int("to", to)]);
+    let y = b.op("Cast", &[&narrow], vec![int("to", 1)]);
+    b.build(&y)
+}
+
+#[test]
+fn other_float_widths_are_rejected() {
+    for (to, name) in [(10, "float16"), (11, "float64")] {
+        let error = derive(&cast_round_trip(to), &Request::default())
+            .expect_err("a float16 or float64 stretch of the path is rejected");
+        let message = error.to_string();
+        assert!(
+            matches!(error, GradientError::UnsupportedType { elem_type, .. } if elem_type == to as i32),
+            "Cast to {name}: {message}"
+        );
+        assert!(message.contains(name), "Cast to {name}: {message}");
+    }
+}
+
+#[test]
+fn subgraph_reading_the_input_is_unsupported() {
+    let mut b = GraphBuilder::new(17);
+    let x = b.input("x", &[D::N(1), D::N(6)]);
+    let branch = |op: &str, output: &str| onnx_protobuf::GraphProto {
+        name: format!("{op} branch"),
+        node: vec![onnx_protobuf::NodeProto {
+            op_type: op.into(),
+            input: vec![x.clone()],
+            output: vec![output.into()],
+            ..Default::default()
+        }],
+        output: vec![onnx_protobuf::ValueInfoProto {
+            name: output.into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let condition = b.op("Constant", &[], vec![common::bool_tensor("value", true)]);
+    let y = b.op(
+        "If",
+        &[&condition],
+        vec![
+            common::graph("then_branch", branch("Relu", "then_out")),
+            common::graph("else_branch", branch("Neg", "else_out")),
+        ],
+    );
+    let error = derive(&b.build(&y), &Request::default())
+        .expect_err("an If whose branches read the input is on the path");
+    assert!(
+        matches!(&error, GradientError::UnsupportedOp { op_type, .. } if op_type == "If"),
+        "{error}"
+    );
+}
+
+#[test]
+fn non_float_output_or_intermediate_is_rejected() {
+    let mut b = GraphBuilder::new(17);
+    let x = b.input("x", &[D::N(1), D::N(6)]);
+    let relu = b.op("Relu", &[&x], vec![]);
+    let shape = b.op("Shape", &[&relu], vec![]);
+    let classes = b.op("ArgMax", &[&relu], vec![int("axis", 1)]);
+    let model = b.build(&relu);
+
+    let request = Request {
+        output: Some(classes.clone()),
+        ..Request::default()
+    };
+    let error = derive(&model, &request).expect_err("an int64 output is rejected");
+    assert!(
+        matches!(&error, GradientError::UnsupportedType { tensor, .. } if *tensor == classes),
+        "{error}"
+    );
+
+    let request = Request {
+        output: Some(relu.clone()),
+        intermediates: vec![shape.clone()],
+        ..Request::default()
+    };
+    let error = derive(&model, &request).expect_err("an int64 intermediate is rejected");
+    assert!(
+        matches!(&error, GradientError::UnsupportedType { tensor, .. } if *tensor == shape),
+        "{error}"
+    );
+}
+
+#[test]
+fn unknown_intermediate_lists_candidates() {
+    let (model, logits) = softmax_classifier();
+    let request = Request {
+        intermediates: vec!["nope".into()],
+        ..Request::default()
+    };
+    let message = derive(&model, &request)
+        .expect_err("an unknown intermediate is rejected")
+        .to_string();
+    assert!(message.contains("`nope`"), "{message}");
+    assert!(message.contains(&format!("`{logits}`")), "{message}");
+}
+
+#[test]
+fn softmax_is_skipped_through_identity_but_not_over_the_batch() {
+    let mut b = GraphBuilder::new(17);
+    let x = b.input("x", &[N, D::N(4)]);
+    let w = b.floats(&[4, 3], Rng::new(1).values(12, -1.0, 1.0));
+    let logits = b.op("Gemm", &[&x, &w], vec![]);
+    let probabilities = b.op("Softmax", &[&logits], vec![]);
+    let y = b.op("Identity", &[&probabilities], vec![]);
+    let gradient = derive(&b.build(&y), &Request::default()).expect("derive succeeds");
+    assert_eq!(gradient.logits, logits, "Softmax behind an Identity");
+
+    let mut b = GraphBuilder::new(17);
+    let x = b.input("x", &[N, D::N(4)]);
+    let w = b.floats(&[4, 3], Rng::new(1).values(12, -1.0, 1.0));
+    let logits = b.op("Gemm", &[&x, &w], vec![]);
+    b.declare(&logits, &[N, D::N(3)]);
+    let over_batch = b.op("Softmax", &[&logits], vec![int("axis", 0)]);
+    let gradient = derive(&b.build(&over_batch), &Request::default()).expect("derive succeeds");
+    assert_eq!(
+        gradient.logits, over_batch,
+        "a Softmax over the batch axis is part of the model, not the class normalization"
+    );
+}
+
+#[test]
+fn repeated_intermediate_is_exposed_once() {
+    let (model, logits) = softmax_classifier();
+    let request = Request {
+        intermediates: vec![logits.clone(), logits.clone()],
+        ..Request::default()
+    };
+    let gradient = derive(&model, &request).expect("derive succeeds");
+    assert_eq!(
+        gradient.intermediates.len(),
+        1,
+        "{:?}",
+        gradient.intermediates
+    );
+}

@@ -379,6 +379,34 @@ fn max_pool_non_overlapping_and_stride_one() {
     }
 }
 
+/// With `ceil_mode=1`, a last window that would start inside the end padding
+/// is dropped, as ONNX Runtime does: 9 rows with pads [1, 0] and stride 2 give
+/// 5 windows, 8 columns with pads [0, 1] give 4, not 5.
+#[test]
+fn max_pool_ceil_mode_drops_window_in_padding() {
+    for static_shapes in [true, false] {
+        let mut b = GraphBuilder::new(13);
+        let input_dims = if static_shapes {
+            dims(&[1, 2, 9, 8])
+        } else {
+            vec![N, D::N(2), D::S("H"), D::S("W")]
+        };
+        let x = b.input("x", &input_dims);
+        let attributes = vec![
+            ints("kernel_shape", &[3, 2]),
+            ints("strides", &[2, 2]),
+            ints("pads", &[1, 0, 0, 1]),
+            int("ceil_mode", 1),
+        ];
+        let pooled = b.op("MaxPool", &[&x], attributes);
+        // A pooling of the pooled map makes the shape of MaxPool's output matter.
+        let y = b.op("GlobalAveragePool", &[&pooled], vec![]);
+        let input = array(&[1, 2, 9, 8], Rng::new(12).distinct(144, 0.05));
+        let case = format!("MaxPool ceil_mode (static shapes: {static_shapes})");
+        assert_matches_finite_differences(&case, &b.build(&y), &input);
+    }
+}
+
 #[test]
 fn average_pool_padding_modes() {
     for include in [0, 1] {

@@ -337,6 +337,30 @@ pub fn string(name: &str, value: &str) -> AttributeProto {
     }
 }
 
+pub fn graph(name: &str, value: GraphProto) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        type_: AttributeType::GRAPH.into(),
+        g: Some(value).into(),
+        ..Default::default()
+    }
+}
+
+/// A scalar bool tensor attribute, as a Constant node's `value`.
+pub fn bool_tensor(name: &str, value: bool) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        type_: AttributeType::TENSOR.into(),
+        t: Some(TensorProto {
+            data_type: 9,
+            int32_data: vec![i32::from(value)],
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
 /// How far a derived gradient is from a reference.
 #[derive(Debug, Clone, Copy)]
 pub struct Agreement {
