@@ -573,6 +573,54 @@ fn assemble(mut bw: Backward, model: &ModelProto, targets: &Targets, seed: &str)
         "Gradient of dot(`{seed}`, `{}`) with respect to `{}`, derived by picasso-gradient.",
         targets.output, targets.input
     );
+    derived.producer_name = "picasso-gradient".into();
+    derived.producer_version = env!("CARGO_PKG_VERSION").into();
+
+    let mut docs: Vec<(&str, String)> = vec![
+        (
+            &targets.input,
+            "The model input, as the forward model takes it.".into(),
+        ),
+        (
+            seed,
+            format!(
+                "Per-item weights shaped like `{}`: item i's score is the dot product of \
+                 seed[i] and its values, so a one-hot row selects one class.",
+                targets.output
+            ),
+        ),
+        (
+            &logits,
+            format!("`{}` as the forward model computes it.", targets.output),
+        ),
+        (
+            &input_gradient,
+            format!(
+                "Gradient of each item's score with respect to `{}`, shaped like it.",
+                targets.input
+            ),
+        ),
+    ];
+    for outputs in &intermediates {
+        docs.push((
+            &outputs.activation,
+            format!("The activations of `{}`.", outputs.tensor),
+        ));
+        docs.push((
+            &outputs.gradient,
+            format!(
+                "Gradient of each item's score with respect to `{}`.",
+                outputs.tensor
+            ),
+        ));
+    }
+    if let Some(graph) = derived.graph.as_mut() {
+        for info in graph.input.iter_mut().chain(graph.output.iter_mut()) {
+            if let Some((_, doc)) = docs.iter().find(|(name, _)| *name == info.name) {
+                info.doc_string.clone_from(doc);
+            }
+        }
+    }
 
     GradientModel {
         model: derived,

@@ -604,3 +604,22 @@ fn repeated_intermediate_is_exposed_once() {
         gradient.intermediates
     );
 }
+
+#[test]
+fn derived_model_documents_its_inputs_and_outputs() {
+    let (model, logits) = softmax_classifier();
+    let request = Request {
+        intermediates: vec![logits],
+        ..Request::default()
+    };
+    let gradient = derive(&model, &request).expect("derive succeeds");
+    assert_eq!(gradient.model.producer_name, "picasso-gradient");
+    let graph = gradient.model.graph.as_ref().expect("a graph");
+    for info in graph.input.iter().chain(&graph.output) {
+        assert!(
+            !info.doc_string.is_empty(),
+            "`{}` has no doc_string",
+            info.name
+        );
+    }
+}

@@ -50,8 +50,12 @@ struct GradientModelArgs {
     /// The ONNX classifier.
     model: PathBuf,
     /// Where to write the gradient model.
-    #[arg(long, short = 'o')]
-    out: PathBuf,
+    #[arg(long, short = 'o', required_unless_present = "list_tensors")]
+    out: Option<PathBuf>,
+    /// Lists the tensors that `--tensor` accepts, with their operator and
+    /// shape, instead of writing a model.
+    #[arg(long)]
+    list_tensors: bool,
     /// An intermediate tensor whose activations and gradient are added as
     /// outputs; repeat for several.
     #[arg(long = "tensor")]
@@ -91,7 +95,9 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
-            tracing::error!("{error:#}");
+            // The message goes to stderr once: a second copy as an ERROR log
+            // line would only repeat it. RUST_LOG=debug shows it in the log too.
+            tracing::debug!("{error:#}");
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
@@ -259,8 +265,7 @@ fn explain(config: Config, args: ExplainArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
 
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create `{}`", args.out.display()))?;
+    ensure_empty_folder(&args.out)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let progress: runner::Progress = Arc::new(|_, _| {});
     let manifest = runner::run(
@@ -307,31 +312,102 @@ fn gradient_model(args: GradientModelArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot read `{}`", args.model.display()))?;
     let model = onnx_protobuf::ModelProto::parse_from_bytes(&bytes)
         .with_context(|| format!("`{}` is not an ONNX model", args.model.display()))?;
+    if args.list_tensors {
+        for tensor in picasso_gradient::inspectable_tensors(&model) {
+            let shape: Vec<String> = tensor.shape.iter().map(i64::to_string).collect();
+            println!(
+                "{}\t{}\t[{}]",
+                tensor.name,
+                tensor.op_type,
+                shape.join(", ")
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(out) = args.out else {
+        bail!("give --out PATH for the gradient model, or --list-tensors");
+    };
     let request = picasso_gradient::Request {
         output: args.output,
         input: None,
         intermediates: args.tensors,
     };
-    let derived = picasso_gradient::derive(&model, &request)
-        .with_context(|| format!("cannot differentiate `{}`", args.model.display()))?;
-    picasso::fsutil::write_atomic(&args.out, &derived.to_bytes())
-        .with_context(|| format!("cannot write `{}`", args.out.display()))?;
-    println!("wrote {}", args.out.display());
+    let derived = picasso_gradient::derive(&model, &request).map_err(|error| {
+        let hint = match error {
+            picasso_gradient::GradientError::UnknownTensor { .. } => format!(
+                " (`picasso gradient-model --list-tensors {}` lists them all)",
+                args.model.display()
+            ),
+            _ => String::new(),
+        };
+        anyhow::anyhow!(
+            "cannot differentiate `{}`: {error}{hint}",
+            args.model.display()
+        )
+    })?;
+    picasso::fsutil::write_atomic(&out, &derived.to_bytes())
+        .with_context(|| format!("cannot write `{}`", out.display()))?;
+    // The temporary file behind the atomic write is private; a model written
+    // for inspection is an ordinary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("cannot make `{}` readable", out.display()))?;
+    }
+    println!("wrote {}", out.display());
     println!(
-        "inputs: {} (the model input), {} (seed, float [batch, classes])",
-        derived.input, derived.seed
+        "inputs: {} (the model input), {} (seed: float weights shaped like {})",
+        derived.input, derived.seed, derived.logits
     );
     println!(
-        "outputs: {} (logits), {} (input gradient)",
-        derived.logits, derived.input_gradient
+        "outputs: {} (the differentiated tensor), {} (its gradient with respect to {})",
+        derived.logits, derived.input_gradient, derived.input
     );
     for outputs in &derived.intermediates {
         println!(
-            "        {} (activation of {}), {} (its gradient)",
+            "         {} (activation of {}), {} (its gradient)",
             outputs.activation, outputs.tensor, outputs.gradient
         );
     }
+    if model_has_external_data(&model) && out.parent() != args.model.parent() {
+        println!(
+            "note: the weights stay in the external data files next to `{}`; keep the \
+             gradient model in that folder, or ONNX Runtime will not find them",
+            args.model.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells whether any initializer keeps its values in an external file.
+fn model_has_external_data(model: &onnx_protobuf::ModelProto) -> bool {
+    model.graph.as_ref().is_some_and(|graph| {
+        graph
+            .initializer
+            .iter()
+            .any(|tensor| !tensor.external_data.is_empty())
+    })
+}
+
+/// Creates `out`, or checks that it is empty, so that maps of an earlier run
+/// never sit next to a new manifest that does not list them.
+fn ensure_empty_folder(out: &Path) -> anyhow::Result<()> {
+    match std::fs::read_dir(out) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!(
+                    "`{}` is not empty; give --out a new or empty folder, or delete this one \
+                     first, so that earlier results do not mix with new ones",
+                    out.display()
+                );
+            }
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(out)
+            .with_context(|| format!("cannot create `{}`", out.display())),
+        Err(error) => Err(error).with_context(|| format!("cannot read `{}`", out.display())),
+    }
 }
 
 fn looks_like_path(value: &str) -> bool {
