@@ -149,7 +149,11 @@ impl Targets {
 
     /// Returns a panel that lists the image's top classes.
     pub fn scores_panel(&self) -> Panel {
-        Panel::scores(format!("Top {} classes", self.top.len()), self.top.clone())
+        let title = match self.top.len() {
+            1 => "Top class".to_owned(),
+            n => format!("Top {n} classes"),
+        };
+        Panel::scores(title, self.top.clone())
     }
 }
 
@@ -175,6 +179,16 @@ pub fn input_gradients(input: &[f32], classes: &[u32]) -> Result<Vec<Vec<f32>>, 
 /// Returns the label of `class`, or "class N" for a class without one.
 pub fn class_name(class: u32) -> String {
     model::label(class).map_or_else(|| format!("class {class}"), str::to_owned)
+}
+
+/// Names `class` inside a sentence: its label in quotes with its index, as
+/// in `"tabby" (class 281)`, so that labels such as "0" or "a cat having a
+/// striped coat" still read as names. A class without a label is "class N".
+pub fn class_phrase(class: u32) -> String {
+    match model::label(class) {
+        Some(label) => format!("\"{label}\" (class {class})"),
+        None => format!("class {class}"),
+    }
 }
 
 /// Creates a panel titled "`label`: `method`" that shows a `width` x

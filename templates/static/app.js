@@ -964,12 +964,6 @@
     return cell;
   }
 
-  /** Panel titles come from plugins. Those built on the SDK's attribution
-   *  helpers write "Top 1 classes" when one class is listed. */
-  function panelTitle(title) {
-    return String(title).replace(/^Top 1 classes\b/, "Top class");
-  }
-
   function renderPanel(panel, context) {
     const jobId = context.view.jobId;
     if (panel.kind === "heatmap") return heatmapFigure(panel, context);
@@ -983,7 +977,7 @@
     if (panel.kind === "scores") {
       const list = el("ol", { class: "top-classes" });
       for (const score of panel.scores || []) list.append(scoreItem(score));
-      return el("figure", { class: "panel" }, el("figcaption", {}, el("span", { class: "panel-title", text: panelTitle(panel.title) })), list);
+      return el("figure", { class: "panel" }, el("figcaption", {}, el("span", { class: "panel-title", text: String(panel.title) })), list);
     }
     return el("p", { class: "muted", text: "Unknown panel kind " + JSON.stringify(panel.kind) });
   }

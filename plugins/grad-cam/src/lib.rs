@@ -72,10 +72,10 @@ impl Visualization for GradCam {
             maps,
             |class, (map, grid)| {
                 let meaning = format!(
-                    "ReLU of the {} gradient-weighted sum of `{}` channels ({} x {} grid, \
-                     upsampled)",
-                    attribution::class_name(class),
+                    "ReLU of the sum of `{}` channels weighted by the gradient of the logit \
+                     of {} ({} x {} grid, upsampled)",
                     tensor.name,
+                    attribution::class_phrase(class),
                     grid.width,
                     grid.height
                 );
@@ -230,9 +230,22 @@ fn chosen_tensor(name: &str, tensors: &[TensorInfo], frame: &InputShape) -> Resu
             ),
         ));
     };
+    let grid = Grid::of(dims, frame);
+    if grid.cells() == 1 {
+        let suggestion = default_tensor(tensors, frame)
+            .map(|layer| format!("; choose one with a larger grid, such as `{}`", layer.name))
+            .unwrap_or_default();
+        return Err(Error::invalid_setting(
+            "tensor",
+            format!(
+                "`{name}` has a 1 x 1 spatial grid, so its map would be one flat \
+                 value{suggestion}"
+            ),
+        ));
+    }
     Ok(Layer {
         name: name.to_owned(),
-        grid: Grid::of(dims, frame),
+        grid,
     })
 }
 
@@ -404,6 +417,20 @@ mod tests {
         assert!(error.to_string().contains("`features`"), "{error}");
         assert!(chosen_tensor("missing", &tensors, &SQUARE_NCHW).is_err());
         assert!(chosen_tensor("features", &tensors, &SQUARE_NCHW).is_ok());
+    }
+
+    #[test]
+    fn chosen_tensor_needs_more_than_one_cell() {
+        let tensors = [
+            info("features", &[1, 1280, 7, 7]),
+            info("pooled", &[1, 1280, 1, 1]),
+        ];
+
+        let error = chosen_tensor("pooled", &tensors, &SQUARE_NCHW).expect_err("1 x 1");
+
+        assert!(error.to_string().contains("`pooled`"), "{error}");
+        assert!(error.to_string().contains("1 x 1"), "{error}");
+        assert!(error.to_string().contains("`features`"), "{error}");
     }
 
     #[test]

@@ -52,8 +52,8 @@ impl Visualization for GradientInput {
             gradients,
             |class, gradient| {
                 let meaning = format!(
-                    "gradient of the {} logit \u{d7} normalized input, summed over channels",
-                    attribution::class_name(class)
+                    "gradient of the logit of {} \u{d7} normalized input, summed over channels",
+                    attribution::class_phrase(class)
                 );
                 let map = gradient_times_input(&shape, &gradient, &batch.data)?;
                 Ok((map, meaning))

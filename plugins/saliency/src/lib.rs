@@ -42,8 +42,8 @@ impl Visualization for Saliency {
             gradients,
             |class, gradient| {
                 let meaning = format!(
-                    "max over channels of |gradient of the {} logit|",
-                    attribution::class_name(class)
+                    "max over channels of |gradient of the logit of {}|",
+                    attribution::class_phrase(class)
                 );
                 Ok((shape.max_abs_over_channels(&gradient)?, meaning))
             },

@@ -70,8 +70,8 @@ impl Visualization for SmoothGrad {
             |class, map| {
                 let meaning = format!(
                     "mean over {samples} noisy copies of max over channels of |gradient of \
-                     the {} logit|",
-                    attribution::class_name(class)
+                     the logit of {}|",
+                    attribution::class_phrase(class)
                 );
                 Ok((map, meaning))
             },
