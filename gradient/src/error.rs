@@ -60,7 +60,8 @@ pub enum GradientError {
     /// A static shape is needed and neither the graph nor its value_info provides it.
     #[error(
         "the shape of `{tensor}` is needed to {purpose} but is not known; add value_info \
-         for it (for example with onnx.shape_inference.infer_shapes)"
+         for it (for example with onnx.shape_inference.infer_shapes), or export the model \
+         with a fixed input size when the graph input's own dimensions are symbolic"
     )]
     MissingShape {
         /// The tensor whose shape is missing.

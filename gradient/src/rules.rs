@@ -151,7 +151,6 @@ pub(crate) fn unbroadcast_shaped(
     x: &str,
     ys: Option<Shape>,
 ) -> Result<String, GradientError> {
-    let y = "its consumer";
     let xs = bw.shape(x).cloned();
     if let (Some(xs), Some(ys)) = (&xs, &ys)
         && let Some(axes) = static_broadcast_axes(xs, ys)
@@ -184,10 +183,10 @@ pub(crate) fn unbroadcast_shaped(
     }
     if bw.em.opset < 13 {
         return Err(GradientError::MissingShape {
-            tensor: format!("{x}` or `{y}"),
-            purpose:
-                "decide which axes a broadcast gradient sums over (run-time axes need opset 13)"
-                    .into(),
+            tensor: x.to_owned(),
+            purpose: "decide which axes the gradient of its broadcast use sums over, together \
+                      with the shape of the node's output (run-time axes need opset 13)"
+                .into(),
         });
     }
     Ok(dynamic_unbroadcast(bw, g, x))

@@ -256,7 +256,8 @@ pub fn resolve(
     if let Some(unknown) = values.keys().find(|k| !specs.iter().any(|s| &s.name == *k)) {
         let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         return Err(format!(
-            "unknown setting `{unknown}` for plugin `{plugin}`; its settings are: {}",
+            "unknown setting `{}` for plugin `{plugin}`; its settings are: {}",
+            shorten(unknown),
             known.join(", ")
         ));
     }
@@ -267,7 +268,8 @@ pub fn resolve(
             None => spec.default.clone(),
             Some(given) => parse_value(spec, given, models).map_err(|error| {
                 format!(
-                    "invalid value {given} for setting `{}` of plugin `{plugin}`: {error}",
+                    "invalid value {} for setting `{}` of plugin `{plugin}`: {error}",
+                    shorten(&given.to_string()),
                     spec.name
                 )
             })?,
@@ -353,6 +355,7 @@ fn class_value(given: &Value, models: &[(&str, &[String])]) -> Result<Option<u32
 /// every model's labels, and checks that it is the same in all of them.
 fn class_of_label(label: &str, models: &[(&str, &[String])]) -> Result<u64, String> {
     let wanted = label.trim();
+    let shown = shorten(wanted);
     let mut found: Option<(u64, &str)> = None;
     for (id, labels) in models {
         let Some(index) = labels
@@ -360,7 +363,7 @@ fn class_of_label(label: &str, models: &[(&str, &[String])]) -> Result<u64, Stri
             .position(|l| l.trim().eq_ignore_ascii_case(wanted))
         else {
             return Err(format!(
-                "model `{id}` has no class labeled `{wanted}`; give a label from `labels` in \
+                "model `{id}` has no class labeled `{shown}`; give a label from `labels` in \
                  GET /api/models, or a class index"
             ));
         };
@@ -368,7 +371,7 @@ fn class_of_label(label: &str, models: &[(&str, &[String])]) -> Result<u64, Stri
         match found {
             Some((first, first_id)) if first != index => {
                 return Err(format!(
-                    "`{wanted}` is class {first} of model `{first_id}` but class {index} of \
+                    "`{shown}` is class {first} of model `{first_id}` but class {index} of \
                      model `{id}`; give a class index, or choose the models one at a time"
                 ));
             }
@@ -381,6 +384,18 @@ fn class_of_label(label: &str, models: &[(&str, &[String])]) -> Result<u64, Stri
         .ok_or_else(|| "no model is chosen".to_owned())
 }
 
+/// The longest piece of a request that an error message repeats.
+const SHOWN_CHARS: usize = 80;
+
+/// Cuts `text` to [`SHOWN_CHARS`] characters for an error message, so that a
+/// huge value in a request does not come back as a huge error.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
 fn parse_tensor(given: &Value, models: &[&Model]) -> Result<SettingValue, String> {
     if given.is_null() {
         return Ok(SettingValue::Tensor(None));
@@ -391,8 +406,9 @@ fn parse_tensor(given: &Value, models: &[&Model]) -> Result<SettingValue, String
     for model in models {
         if !model.has_tensor(name) {
             return Err(format!(
-                "model `{}` has no inspectable tensor `{name}`; GET /api/models lists them",
-                model.id()
+                "model `{}` has no inspectable tensor `{}`; GET /api/models lists them",
+                model.id(),
+                shorten(name)
             ));
         }
     }
@@ -416,6 +432,16 @@ mod tests {
         assert_eq!(class_value(&json!(2), &models), Ok(Some(2)));
         assert_eq!(class_value(&json!("1"), &models), Ok(Some(1)));
         assert_eq!(class_value(&json!(" 2 "), &models), Ok(Some(2)));
+    }
+
+    #[test]
+    fn long_values_are_shortened_in_errors() {
+        let digits = labels(&["0", "1"]);
+        let models = [("digits", digits.as_slice())];
+        let long = "x".repeat(10_000);
+        let error = class_value(&json!(long), &models).expect_err("unknown label");
+        assert!(error.len() < 400, "{} characters: {error}", error.len());
+        assert!(error.contains('…'), "{error}");
     }
 
     #[test]
