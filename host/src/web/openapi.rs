@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 document of the API, written by hand in `openapi.json`
-//! and served at `/api/openapi.json`. A test keeps it in step with the
-//! routes the server registers.
+//! and served at `/api/openapi.json`. Tests keep it in step with the
+//! routes the server registers and with the fields of the job manifest.
 
 use actix_web::HttpResponse;
 use actix_web::http::header;
@@ -90,6 +90,150 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    /// A manifest with one image, one model and one panel of each kind.
+    fn sample_manifest() -> serde_json::Value {
+        use crate::job::spec::{
+            ClassScore, CropRect, HeatmapRecord, ImageResult, Manifest, ModelResult, ModelStamp,
+            OwnScale, PanelRecord, PluginStamp, RenderResult,
+        };
+        let score = ClassScore {
+            index: 281,
+            label: "tabby".into(),
+            logit: 9.5,
+            probability: 0.4,
+        };
+        let heatmap = HeatmapRecord {
+            class_index: Some(281),
+            class_label: Some("tabby".into()),
+            meaning: "max over channels of |gradient|".into(),
+            scale: "sequential".into(),
+            width: 224,
+            height: 224,
+            min: 0.0,
+            max: 1.0,
+            color_min: 0.0,
+            color_max: 0.9,
+            npy: "a.npy".into(),
+            overlay: "a.png".into(),
+            colored: "b.png".into(),
+            colorbar: "c.png".into(),
+            own: OwnScale {
+                color_min: 0.0,
+                color_max: 1.0,
+                overlay: "d.png".into(),
+                colored: "e.png".into(),
+            },
+        };
+        let manifest = Manifest {
+            job: "j".into(),
+            host_version: "0.1.0".into(),
+            wit_package: "picasso:plugin@0.1.0".into(),
+            seed: 7,
+            started_unix: 1,
+            models: vec![ModelStamp {
+                id: "m".into(),
+                name: "M".into(),
+                content_hash: "00".into(),
+            }],
+            plugins: vec![PluginStamp {
+                id: "p".into(),
+                version: "0.1.0".into(),
+                title: "P".into(),
+                content_hash: "00".into(),
+                settings: Default::default(),
+            }],
+            images: vec![ImageResult {
+                image: "i".into(),
+                name: "cat.png".into(),
+                width: 10,
+                height: 10,
+                photo: Some("photo.png".into()),
+                error: None,
+                models: vec![ModelResult {
+                    model: "m".into(),
+                    crop: CropRect {
+                        x: 0.0,
+                        y: 0.0,
+                        width: 10.0,
+                        height: 10.0,
+                    },
+                    frame: Some("frame.png".into()),
+                    top_classes: vec![score.clone()],
+                    error: None,
+                    renders: vec![RenderResult {
+                        plugin: "p".into(),
+                        visualization: 0,
+                        error: None,
+                        duration_ms: 3,
+                        panels: vec![
+                            PanelRecord::Heatmap {
+                                title: "t".into(),
+                                heatmap: Box::new(heatmap),
+                            },
+                            PanelRecord::Image {
+                                title: "t".into(),
+                                png: "f.png".into(),
+                            },
+                            PanelRecord::Scores {
+                                title: "t".into(),
+                                scores: vec![score],
+                            },
+                        ],
+                    }],
+                }],
+            }],
+        };
+        serde_json::to_value(&manifest).expect("the manifest serializes")
+    }
+
+    /// Checks that `value` has every property `schema` requires and none it
+    /// leaves out, through nested objects, arrays and `kind`-tagged `oneOf`s.
+    fn check_fields(schema: &serde_json::Value, value: &serde_json::Value, at: &str) {
+        if let Some(variants) = schema["oneOf"].as_array() {
+            let kind = &value["kind"];
+            let variant = variants
+                .iter()
+                .find(|v| &v["properties"]["kind"]["const"] == kind)
+                .unwrap_or_else(|| panic!("{at}: no oneOf variant for kind {kind}"));
+            return check_fields(variant, value, at);
+        }
+        if let (Some(items), Some(values)) = (schema.get("items"), value.as_array()) {
+            for (i, item) in values.iter().enumerate() {
+                check_fields(items, item, &format!("{at}[{i}]"));
+            }
+            return;
+        }
+        let (Some(properties), Some(object)) =
+            (schema["properties"].as_object(), value.as_object())
+        else {
+            return;
+        };
+        for required in schema["required"].as_array().into_iter().flatten() {
+            let name = required.as_str().unwrap_or_default();
+            assert!(
+                object.contains_key(name),
+                "{at}: required `{name}` is missing"
+            );
+        }
+        for (name, field) in object {
+            let documented = properties
+                .get(name)
+                .unwrap_or_else(|| panic!("{at}: field `{name}` is not documented"));
+            check_fields(documented, field, &format!("{at}.{name}"));
+        }
+    }
+
+    #[test]
+    fn manifest_schema_matches_the_manifest() {
+        let document: serde_json::Value =
+            serde_json::from_str(DOCUMENT).expect("openapi.json is JSON");
+        check_fields(
+            &document["components"]["schemas"]["Manifest"],
+            &sample_manifest(),
+            "manifest",
+        );
     }
 
     #[test]
