@@ -92,7 +92,7 @@ mod tests {
         }
     }
 
-    /// A manifest with one image, one model and one panel of each kind.
+    /// Returns a manifest with one image, one model and one panel of each kind.
     fn sample_manifest() -> serde_json::Value {
         use crate::job::spec::{
             ClassScore, CropRect, HeatmapRecord, ImageResult, Manifest, ModelResult, ModelStamp,
