@@ -148,7 +148,11 @@ fn list_models(config: &Config) -> anyhow::Result<ExitCode> {
             input.height,
             serde_name(&input.color),
             serde_name(&input.layout),
-            model.summary().gradients.as_deref().unwrap_or("available"),
+            model
+                .summary()
+                .gradients_unavailable
+                .as_deref()
+                .unwrap_or("available"),
             &model.content_hash[..12]
         );
     }

@@ -386,7 +386,7 @@ impl Model {
             classes: self.labels.len(),
             labels: self.labels.clone(),
             tensors: self.tensors.clone(),
-            gradients: self.gradients.as_ref().err().cloned(),
+            gradients_unavailable: self.gradients.as_ref().err().cloned(),
         }
     }
 }
@@ -454,8 +454,9 @@ pub struct ModelSummary {
     pub classes: usize,
     pub labels: Vec<String>,
     pub tensors: Vec<InspectableTensor>,
-    /// `None` when gradients are available, else why not.
-    pub gradients: Option<String>,
+    /// Why the gradient-based plugins cannot run on this model; `None` when
+    /// they can.
+    pub gradients_unavailable: Option<String>,
 }
 
 /// An intermediate tensor that plugins may inspect.

@@ -263,7 +263,7 @@
   function updateGradientAvailability() {
     const lacking = selectedModels()
       .map(modelById)
-      .filter((model) => model && model.gradients);
+      .filter((model) => model && model.gradients_unavailable);
     for (const card of document.querySelectorAll(".visualization")) {
       const plugin = pluginById(card.dataset.plugin);
       const box = card.querySelector('input[name="visualization"]');
@@ -279,7 +279,7 @@
         // in each plugin and open in full on the model cards.
         note.replaceChildren(
           el("span", { text: "Unavailable: this plugin needs gradients, and " + (lacking.length === 1 ? "this chosen model has none:" : "these chosen models have none:") }),
-          ...lacking.map((model) => el("details", {}, el("summary", { text: model.name }), el("p", { class: "small", text: model.gradients })))
+          ...lacking.map((model) => el("details", {}, el("summary", { text: model.name }), el("p", { class: "small", text: model.gradients_unavailable })))
         );
       }
       show(note, blocked);

@@ -18,7 +18,7 @@ use std::io::Cursor;
 
 use ndarray::Array2;
 use ndarray_npy::ReadNpyExt;
-use picasso_tests::{Client, Server, data, heatmap_panel, model_result, render_of};
+use picasso_tests::{Client, Server, ServerOptions, data, heatmap_panel, model_result, render_of};
 use serde_json::{Value, json};
 
 /// ImageNet's domestic cat classes: tabby, tiger cat, Persian, Siamese,
@@ -37,6 +37,91 @@ const CANVAS: u32 = 600;
 
 /// The seed of the canvas's noise, so every run explains the same image.
 const CANVAS_SEED: u64 = 0x5eed_ca75;
+
+#[test]
+fn model_without_gradient_rule_keeps_forward_plugins() {
+    let models = tempfile::tempdir().expect("tempdir");
+    write_max_model(models.path());
+    let server = Server::start_with(ServerOptions {
+        models_dir: models.path().to_owned(),
+        ..ServerOptions::default()
+    });
+    let client = server.client();
+
+    let listing = client.get("/api/models").expect("list the models");
+    let model = &listing.body["models"][0];
+    assert_eq!(model["id"], "mnist-max", "{}", listing.body);
+    let reason = model["gradients_unavailable"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("`Max`") && reason.contains("`take_max`"),
+        "the reason names the operator and the node: {reason:?}"
+    );
+
+    let digit = client
+        .upload(&data("mnist/7-1.png"))
+        .expect("upload a digit");
+    let saliency = picasso_tests::job(&[&digit], &["mnist-max"], "saliency", json!({}));
+    let refused = client.post("/api/jobs", &saliency).expect("post the job");
+    let error = refused.body["error"].as_str().unwrap_or_default();
+    assert_eq!(
+        refused.status, 400,
+        "a gradient plugin is refused: {}",
+        refused.body
+    );
+    assert!(
+        error.contains("`Max`"),
+        "the refusal gives the reason: {error}"
+    );
+
+    let probabilities =
+        picasso_tests::job(&[&digit], &["mnist-max"], "class-probabilities", json!({}));
+    let (_, manifest) = server.completed_job(&client, &probabilities);
+    let result = model_result(&manifest["images"][0], "mnist-max");
+    assert_eq!(
+        result["top_classes"][0]["label"], "7",
+        "a forward-only plugin still runs: {result}"
+    );
+}
+
+/// Writes `mnist-max`, the bundled MNIST CNN with `Max(logits, logits)`
+/// (an operator without a gradient rule that leaves the values as they
+/// are) before its output, with its declaration and labels, into `folder`.
+fn write_max_model(folder: &std::path::Path) {
+    use onnx_protobuf::{Message, ModelProto, NodeProto};
+
+    let models = picasso_tests::repo_root().join("models");
+    let bytes = std::fs::read(models.join("mnist-cnn.onnx")).expect("read mnist-cnn.onnx");
+    let mut model = ModelProto::parse_from_bytes(&bytes).expect("parse mnist-cnn.onnx");
+    let graph = model.graph.as_mut().expect("a graph");
+    let output = graph.output[0].name.clone();
+    for node in &mut graph.node {
+        for name in &mut node.output {
+            if *name == output {
+                *name = "logits_before_max".into();
+            }
+        }
+    }
+    graph.node.push(NodeProto {
+        name: "take_max".into(),
+        op_type: "Max".into(),
+        input: vec!["logits_before_max".into(), "logits_before_max".into()],
+        output: vec![output],
+        ..Default::default()
+    });
+    let written = model.write_to_bytes().expect("serialize the model");
+    std::fs::write(folder.join("mnist-max.onnx"), written).expect("write mnist-max.onnx");
+
+    let declaration = std::fs::read_to_string(models.join("mnist-cnn.toml"))
+        .expect("read mnist-cnn.toml")
+        .replace("id = \"mnist-cnn\"", "id = \"mnist-max\"")
+        .replace("onnx = \"mnist-cnn.onnx\"", "onnx = \"mnist-max.onnx\"");
+    std::fs::write(folder.join("mnist-max.toml"), declaration).expect("write mnist-max.toml");
+    std::fs::copy(
+        models.join("mnist-labels.txt"),
+        folder.join("mnist-labels.txt"),
+    )
+    .expect("copy the labels");
+}
 
 #[test]
 fn gradient_plugins_end_to_end() {

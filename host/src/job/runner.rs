@@ -114,7 +114,7 @@ pub fn plan_visualization(
 ) -> Result<PlannedVisualization, String> {
     if plugin.descriptor.needs_gradients {
         for model in models {
-            if let Some(reason) = model.summary().gradients {
+            if let Some(reason) = model.summary().gradients_unavailable {
                 return Err(format!(
                     "visualization `{}` needs gradients, which model `{}` cannot provide: {reason}",
                     plugin.id(),

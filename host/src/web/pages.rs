@@ -306,7 +306,7 @@ mod tests {
                 classes: 10,
                 labels: (0..10).map(|digit| digit.to_string()).collect(),
                 tensors: Vec::new(),
-                gradients: Some(format!("no gradient model {HOSTILE}")),
+                gradients_unavailable: Some(format!("no gradient model {HOSTILE}")),
             }],
             failed_models: vec![FailedModel {
                 file: "broken.toml".to_owned(),
