@@ -131,8 +131,36 @@ fn infer_node(graph: &Graph, node: &NodeProto, shapes: &HashMap<String, Shape>) 
             let target = graph.constant(optional_input(node, 1)?)?.ints()?;
             reshape(x, &target)
         }
+        "Concat" => {
+            let parts: Vec<Shape> = node
+                .input
+                .iter()
+                .map(|name| graph.shape_or_constant_dims(name, shapes))
+                .collect::<Option<_>>()?;
+            concat(&parts, attr_int(node, "axis")?)
+        }
         _ => None,
     }
+}
+
+/// The shape of a Concat of `parts` along `axis`: the parts' shared rank, the
+/// sum of their sizes on `axis` (unknown unless all are fixed), and the first
+/// part's size on every other axis.
+fn concat(parts: &[Shape], axis: i64) -> Option<Shape> {
+    let first = parts.first()?;
+    let rank = first.len();
+    if parts.iter().any(|part| part.len() != rank) {
+        return None;
+    }
+    let axis = usize::try_from(if axis < 0 { axis + rank as i64 } else { axis }).ok()?;
+    let joined = parts
+        .iter()
+        .map(|part| part.get(axis).and_then(Dim::fixed))
+        .sum::<Option<i64>>()
+        .map_or(Dim::Unknown, Dim::Fixed);
+    let mut shape = first.clone();
+    *shape.get_mut(axis)? = joined;
+    Some(shape)
 }
 
 fn product(dims: &[Dim]) -> Dim {

@@ -693,6 +693,31 @@ fn batch_normalization_inference() {
     );
 }
 
+/// DenseNet's shape: BatchNormalization of a Concat, with a symbolic batch
+/// and no value_info, so the rank comes from shape inference through Concat.
+#[test]
+fn batch_normalization_after_concat() {
+    let mut b = GraphBuilder::new(17);
+    let x = b.input("x", &[N, D::N(2), D::N(4), D::N(4)]);
+    let w = weights(&mut b, &[1, 2, 3, 3], 25);
+    let conv = b.op("Conv", &[&x, &w], vec![ints("pads", &[1, 1, 1, 1])]);
+    let joined = b.op("Concat", &[&x, &conv], vec![int("axis", 1)]);
+    let scale = b.floats(&[3], vec![0.5, 1.5, -2.0]);
+    let bias = b.floats(&[3], vec![0.1, 0.0, -0.1]);
+    let mean = b.floats(&[3], vec![0.2, -0.3, 0.0]);
+    let var = b.floats(&[3], vec![0.5, 2.0, 1.0]);
+    let y = b.op(
+        "BatchNormalization",
+        &[&joined, &scale, &bias, &mean, &var],
+        vec![float("epsilon", 1e-3)],
+    );
+    assert_matches_finite_differences(
+        "Concat then BatchNormalization",
+        &b.build(&y),
+        &random_input(&[1, 2, 4, 4], 26),
+    );
+}
+
 #[test]
 fn reshaping_operators_both_opset_forms() {
     for opset in [11, 13] {
