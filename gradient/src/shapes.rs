@@ -59,7 +59,7 @@ fn infer_node(graph: &Graph, node: &NodeProto, shapes: &HashMap<String, Shape>) 
         "Relu" | "LeakyRelu" | "PRelu" | "Clip" | "Sigmoid" | "Tanh" | "Erf" | "HardSigmoid"
         | "HardSwish" | "Softmax" | "LogSoftmax" | "Dropout" | "Identity" | "Cast"
         | "BatchNormalization" | "LayerNormalization" | "Neg" | "Exp" | "Log" | "Sqrt" | "Abs"
-        | "Reciprocal" | "Softplus" => input(0).cloned(),
+        | "Reciprocal" | "Softplus" | "Gelu" => input(0).cloned(),
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Where" | "Sum" => {
             let mut result = input(0)?.clone();
             for i in 1..node.input.len() {
@@ -131,6 +131,11 @@ fn infer_node(graph: &Graph, node: &NodeProto, shapes: &HashMap<String, Shape>) 
             let target = graph.constant(optional_input(node, 1)?)?.ints()?;
             reshape(x, &target)
         }
+        "MatMul" => {
+            let a = graph.shape_or_constant_dims(optional_input(node, 0)?, shapes)?;
+            let b = graph.shape_or_constant_dims(optional_input(node, 1)?, shapes)?;
+            matmul(&a, &b)
+        }
         "Concat" => {
             let parts: Vec<Shape> = node
                 .input
@@ -141,6 +146,36 @@ fn infer_node(graph: &Graph, node: &NodeProto, shapes: &HashMap<String, Shape>) 
         }
         _ => None,
     }
+}
+
+/// The shape of `a @ b` under NumPy's matmul rules: a rank-1 operand gains
+/// and then loses a unit axis, and the batch axes broadcast.
+fn matmul(a: &Shape, b: &Shape) -> Option<Shape> {
+    if a.is_empty() || b.is_empty() {
+        return None;
+    }
+    let a2: Shape = if a.len() == 1 {
+        vec![Dim::Fixed(1), a[0].clone()]
+    } else {
+        a.clone()
+    };
+    let b2: Shape = if b.len() == 1 {
+        vec![b[0].clone(), Dim::Fixed(1)]
+    } else {
+        b.clone()
+    };
+    let (a_batch, b_batch) = (a2[..a2.len() - 2].to_vec(), b2[..b2.len() - 2].to_vec());
+    // The rank is what the rules need most, so sizes that do not settle
+    // stay unknown rather than losing the whole shape.
+    let mut shape = broadcast(&a_batch, &b_batch)
+        .unwrap_or_else(|| vec![Dim::Unknown; a_batch.len().max(b_batch.len())]);
+    if a.len() > 1 {
+        shape.push(a2[a2.len() - 2].clone());
+    }
+    if b.len() > 1 {
+        shape.push(b2[b2.len() - 1].clone());
+    }
+    Some(shape)
 }
 
 /// The shape of a Concat of `parts` along `axis`: the parts' shared rank, the

@@ -718,6 +718,32 @@ fn batch_normalization_after_concat() {
     );
 }
 
+/// ConvNeXt's MLP: MatMul, an exact GELU written out with Erf, MatMul, with
+/// a symbolic batch and no value_info, so the second MatMul learns its
+/// operand's rank from shape inference through the first.
+#[test]
+fn matmul_after_written_out_gelu() {
+    let mut b = GraphBuilder::new(17);
+    let x = b.input("x", &[N, D::N(2), D::N(4)]);
+    let w1 = weights(&mut b, &[4, 5], 27);
+    let w2 = weights(&mut b, &[5, 3], 28);
+    let hidden = b.op("MatMul", &[&x, &w1], vec![]);
+    let root_two = b.scalar(std::f32::consts::SQRT_2);
+    let half = b.scalar(0.5);
+    let one = b.scalar(1.0);
+    let scaled = b.op("Div", &[&hidden, &root_two], vec![]);
+    let erf = b.op("Erf", &[&scaled], vec![]);
+    let shifted = b.op("Add", &[&erf, &one], vec![]);
+    let gated = b.op("Mul", &[&hidden, &shifted], vec![]);
+    let gelu = b.op("Mul", &[&gated, &half], vec![]);
+    let y = b.op("MatMul", &[&gelu, &w2], vec![]);
+    assert_matches_finite_differences(
+        "MatMul, written-out GELU, MatMul",
+        &b.build(&y),
+        &random_input(&[1, 2, 4], 29),
+    );
+}
+
 #[test]
 fn reshaping_operators_both_opset_forms() {
     for opset in [11, 13] {
