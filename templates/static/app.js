@@ -217,9 +217,10 @@
       status.textContent = "Stored " + body.images.length + (body.images.length === 1 ? " image." : " images.");
     } catch (error) {
       const stored = error.body && error.body.stored ? error.body.stored.length : 0;
-      status.textContent =
-        stored > 0 ? "Stored " + stored + " of " + files.length + " files. The upload stopped at the error below; choose the remaining files again." : "";
-      showError($("upload-error"), error.message);
+      const failed = error.body && Array.isArray(error.body.failed) ? error.body.failed : [];
+      status.textContent = stored > 0 ? "Stored " + stored + " of " + files.length + " files." : "";
+      const reasons = failed.length > 1 ? failed.map((entry) => entry.error).join("\n") : error.message;
+      showError($("upload-error"), reasons);
     }
     await refreshImages().catch((error) => showError($("upload-error"), error.message));
   }

@@ -241,6 +241,27 @@ fn bad_uploads_and_settings_get_4xx_and_keep_stored_images() {
         );
     }
 
+    // A bad file in a batch is skipped; the good file after it is stored.
+    let digit = std::fs::read(data("mnist/7-1.png")).expect("read 7-1.png");
+    let batch = client
+        .upload_bytes(&[("bad.png", b"not a picture".to_vec()), ("7-1.png", digit)])
+        .expect("upload a batch");
+    assert!(
+        [415, 422].contains(&batch.status),
+        "the first bad file's status: {}",
+        batch.body
+    );
+    assert_eq!(batch.body["failed"][0]["file"], "bad.png", "{}", batch.body);
+    assert_eq!(batch.body["stored"][0]["name"], "7-1.png", "{}", batch.body);
+    let digit_id = batch.body["stored"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let removed = client
+        .delete(&format!("/api/images/{digit_id}"))
+        .expect("delete the digit");
+    assert!(removed.status < 300, "{}", removed.body);
+
     let unknown = client
         .post(
             "/api/jobs",

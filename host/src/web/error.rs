@@ -29,16 +29,25 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Job(#[from] JobError),
-    /// An upload that stopped at a bad file. `stored` lists the files of
-    /// the same request that were stored before it.
+    /// An upload with bad files. `source` is the first failure, `failed`
+    /// lists every one, and `stored` the files of the same request that
+    /// were stored.
     #[error("{source}")]
     Upload {
         source: Box<ApiError>,
         stored: Vec<ImageRecord>,
+        failed: Vec<FailedFile>,
     },
     /// A bug or an environment failure, such as a lost blocking thread.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A file of an upload that was not stored, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedFile {
+    pub file: String,
+    pub error: String,
 }
 
 #[derive(Serialize)]
@@ -46,6 +55,8 @@ struct ErrorBody<'a> {
     error: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     stored: Option<&'a [ImageRecord]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed: Option<&'a [FailedFile]>,
 }
 
 impl ResponseError for ApiError {
@@ -69,9 +80,12 @@ impl ResponseError for ApiError {
             tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
         }
 
-        let stored = match self {
-            ApiError::Upload { stored, .. } => Some(stored.as_slice()),
-            _ => None,
+        let (stored, failed) = match self {
+            ApiError::Upload { stored, failed, .. } => (
+                Some(stored.as_slice()).filter(|s| !s.is_empty()),
+                Some(failed.as_slice()),
+            ),
+            _ => (None, None),
         };
         let mut response = HttpResponse::build(status);
         if let Some(seconds) = self.retry_after_seconds() {
@@ -80,6 +94,7 @@ impl ResponseError for ApiError {
         response.json(ErrorBody {
             error: self.to_string(),
             stored,
+            failed,
         })
     }
 }
@@ -232,6 +247,10 @@ mod tests {
                 ImageError::UnsupportedFormat { name: None }.named("b.txt"),
             )),
             stored,
+            failed: vec![FailedFile {
+                file: "b.txt".into(),
+                error: "not an image".into(),
+            }],
         };
         assert_eq!(error.status_code().as_u16(), 415);
         let body = body_json(&error);
@@ -242,5 +261,6 @@ mod tests {
             "{body}"
         );
         assert_eq!(body["stored"][0]["name"], "a.png");
+        assert_eq!(body["failed"][0]["file"], "b.txt");
     }
 }

@@ -2,12 +2,13 @@
 //!
 //! `POST /api/images` takes a `multipart/form-data` body with one or more
 //! file fields (any field name; fields without a file name are ignored).
-//! Files are read and stored one at a time, in the order they arrive. The
-//! first file that breaks a limit or does not decode ends the request with
-//! its error (413, 415 or 422), which names the file. The files before it
-//! stay stored and are listed under `stored` in the error body. The files
-//! after it are not read. On success the response is `201` with
-//! `{"images": [...]}`.
+//! Files are read and stored one at a time, in the order they arrive. A file
+//! that breaks a limit or does not decode is skipped, and the rest are still
+//! stored. When every file was stored the response is `201` with
+//! `{"images": [...]}`. Otherwise it carries the first bad file's status
+//! (413, 415 or 422) and error, which names the file, with every stored file
+//! under `stored` and every bad one under `failed`. A body that is not valid
+//! multipart ends the request where it breaks.
 
 use actix_multipart::{Field, Multipart};
 use actix_web::http::header::{self, ContentDisposition, DispositionParam, DispositionType};
@@ -15,6 +16,7 @@ use actix_web::{HttpResponse, web};
 use futures_util::StreamExt;
 use serde_json::json;
 
+use super::error::FailedFile;
 use super::{ApiError, Session, blocking};
 use crate::config::UploadConfig;
 use crate::imageio;
@@ -31,26 +33,45 @@ pub async fn upload(
     mut payload: Multipart,
 ) -> Result<HttpResponse, ApiError> {
     let mut stored = Vec::new();
+    let mut failures: Vec<(Option<String>, ApiError)> = Vec::new();
     while let Some(field) = payload.next().await {
-        let result = match field {
-            Ok(field) => receive(field, &session, &store, &limits, stored.len()).await,
-            Err(error) => Err(ApiError::BadRequest(format!(
-                "invalid multipart/form-data body: {error}"
-            ))),
+        let field = match field {
+            Ok(field) => field,
+            Err(error) => {
+                let error =
+                    ApiError::BadRequest(format!("invalid multipart/form-data body: {error}"));
+                failures.push((None, error));
+                break;
+            }
         };
-        match result {
+        let name = file_name(&field);
+        match receive(field, &session, &store, &limits, stored.len()).await {
             Ok(Some(record)) => stored.push(record),
             Ok(None) => {}
-            Err(error) if stored.is_empty() => return Err(error),
             Err(error) => {
-                return Err(ApiError::Upload {
-                    source: Box::new(error),
-                    stored,
-                });
+                tracing::info!(session = session.id(), file = ?name, %error, "upload file rejected");
+                failures.push((name, error));
             }
         }
     }
 
+    if !failures.is_empty() {
+        let failed = failures
+            .iter()
+            .filter_map(|(name, error)| {
+                name.as_ref().map(|file| FailedFile {
+                    file: file.clone(),
+                    error: error.to_string(),
+                })
+            })
+            .collect();
+        let (_, first) = failures.swap_remove(0);
+        return Err(ApiError::Upload {
+            source: Box::new(first),
+            stored,
+            failed,
+        });
+    }
     if stored.is_empty() {
         return Err(ApiError::BadRequest(
             "the upload contains no files; send each image as a file field of a \
@@ -76,11 +97,7 @@ async fn receive(
     limits: &web::Data<UploadConfig>,
     files_before: usize,
 ) -> Result<Option<ImageRecord>, ApiError> {
-    let Some(name) = field
-        .content_disposition()
-        .and_then(|disposition| disposition.get_filename())
-        .map(str::to_owned)
-    else {
+    let Some(name) = file_name(&field) else {
         drain(&mut field).await?;
         return Ok(None);
     };
@@ -100,6 +117,14 @@ async fn receive(
     let (store, limits, session) = (store.clone(), limits.clone(), session.0.clone());
     let record = blocking(move || store.add_image(&session, &name, &bytes, &limits)).await?;
     Ok(Some(record))
+}
+
+/// Returns the file name a field was sent with, or `None` for a field without one.
+fn file_name(field: &Field) -> Option<String> {
+    field
+        .content_disposition()
+        .and_then(|disposition| disposition.get_filename())
+        .map(str::to_owned)
 }
 
 fn too_many_files(name: &str, limits: &UploadConfig) -> ApiError {
@@ -339,7 +364,7 @@ mod tests {
     }
 
     #[actix_web::test]
-    async fn bad_file_keeps_files_before_it() {
+    async fn bad_file_is_skipped_and_the_rest_stored() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
         let app = service!(store, UploadConfig::default());
@@ -359,17 +384,45 @@ mod tests {
              (PNG, JPEG, WebP, GIF, BMP, TIFF)"
         );
         assert_eq!(body["stored"][0]["name"], "good.png");
+        assert_eq!(body["stored"][1]["name"], "after.png");
+        assert_eq!(body["failed"][0]["file"], "notes.txt");
+        assert_eq!(body["failed"].as_array().map(Vec::len), Some(1));
         let names: Vec<_> = store
             .list_images(ALICE)
             .expect("list")
             .into_iter()
             .map(|image| image.name)
             .collect();
+        assert_eq!(names.len(), 2, "both good files are stored: {names:?}");
+    }
+
+    #[actix_web::test]
+    async fn oversized_file_does_not_stop_the_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let big = png(64, 64);
+        let small = png(2, 2);
+        let limits = UploadConfig {
+            max_bytes: (big.len() - 1) as u64,
+            ..UploadConfig::default()
+        };
+        let app = service!(store, limits);
+        let files: [(&str, &[u8]); 3] = [("big.png", &big), ("small.png", &small), ("x.txt", b"x")];
+        let response = test::call_service(&app, upload_request(ALICE, &files).to_request()).await;
         assert_eq!(
-            names,
-            vec!["good.png"],
-            "the file after the bad one is not read"
+            response.status().as_u16(),
+            413,
+            "the first failure's status"
         );
+        let body: serde_json::Value = test::read_body_json(response).await;
+        assert_eq!(body["stored"][0]["name"], "small.png", "{body}");
+        let failed: Vec<&str> = body["failed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["file"].as_str())
+            .collect();
+        assert_eq!(failed, ["big.png", "x.txt"], "{body}");
     }
 
     #[actix_web::test]
