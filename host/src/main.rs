@@ -54,7 +54,7 @@ struct GradientModelArgs {
     out: Option<PathBuf>,
     /// Lists the tensors that `--tensor` accepts, with their operator and
     /// shape, instead of writing a model.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["out", "tensors", "output"])]
     list_tensors: bool,
     /// An intermediate tensor whose activations and gradient are added as
     /// outputs; repeat for several.
@@ -317,7 +317,15 @@ fn gradient_model(args: GradientModelArgs) -> anyhow::Result<ExitCode> {
     let model = onnx_protobuf::ModelProto::parse_from_bytes(&bytes)
         .with_context(|| format!("`{}` is not an ONNX model", args.model.display()))?;
     if args.list_tensors {
-        for tensor in picasso_gradient::inspectable_tensors(&model) {
+        let tensors = picasso_gradient::inspectable_tensors(&model);
+        if tensors.is_empty() {
+            bail!(
+                "`{}` has no tensors to inspect: it has no graph, uses an unsupported opset, or \
+                 has no float32 tensor between its input and output",
+                args.model.display()
+            );
+        }
+        for tensor in tensors {
             let shape: Vec<String> = tensor.shape.iter().map(i64::to_string).collect();
             println!(
                 "{}\t{}\t[{}]",
@@ -331,6 +339,23 @@ fn gradient_model(args: GradientModelArgs) -> anyhow::Result<ExitCode> {
     let Some(out) = args.out else {
         bail!("give --out PATH for the gradient model, or --list-tensors");
     };
+    if out.is_dir() {
+        bail!(
+            "--out `{}` is a folder; give the path of the file to write, such as {}",
+            out.display(),
+            out.join("model.gradient.onnx").display()
+        );
+    }
+    let same_file = std::fs::canonicalize(&out)
+        .ok()
+        .zip(std::fs::canonicalize(&args.model).ok())
+        .is_some_and(|(a, b)| a == b);
+    if same_file {
+        bail!(
+            "--out `{}` is the classifier itself; give another path so the model is kept",
+            out.display()
+        );
+    }
     let request = picasso_gradient::Request {
         output: args.output,
         input: None,

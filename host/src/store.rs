@@ -34,6 +34,7 @@ use rusqlite::Connection;
 use crate::imageio::ImageError;
 
 pub use images::ImageRecord;
+pub(crate) use images::display_name;
 pub use jobs::JobRecord;
 
 /// The message of jobs found queued or running when the store opens.

@@ -29,8 +29,9 @@ pub struct VisualizationRequest {
     pub plugin: String,
     /// Setting values by name; missing ones take the schema's default.
     /// Integers and floats are JSON numbers, booleans JSON booleans,
-    /// choices strings, classes an index or `null` for the top-1 class,
-    /// tensors a name or `null` for the plugin's default.
+    /// choices strings, classes an index, a label or `null` for the
+    /// plugin's default (usually the top classes), tensors a name or `null`
+    /// for the plugin's default.
     #[serde(default)]
     pub settings: BTreeMap<String, serde_json::Value>,
 }

@@ -332,7 +332,8 @@ fn class_value(given: &Value, models: &[(&str, &[String])]) -> Result<Option<u32
     let index = match given {
         Value::Null => return Ok(None),
         Value::String(label) => class_of_label(label, models)?,
-        _ => given.as_u64().ok_or_else(|| {
+        // JSON clients may write a whole number as 7.0.
+        _ => whole_number(given).ok_or_else(|| {
             "expected a class index, a class label, or null for the plugin's default \
              classes (its top-k); the indices and labels are under `labels` in GET /api/models"
                 .to_owned()
@@ -351,23 +352,33 @@ fn class_value(given: &Value, models: &[(&str, &[String])]) -> Result<Option<u32
         .map_err(|_| "class index too large".to_owned())
 }
 
-/// Finds the index of `label` (ignoring case and surrounding spaces) in
-/// every model's labels, and checks that it is the same in all of them.
+/// Finds the index of `label` in every model's labels, and checks that it is
+/// the same in all of them. Surrounding spaces are ignored. A label that
+/// matches one class exactly wins; otherwise case is ignored, and a label
+/// that then matches several classes is an error rather than a guess.
 fn class_of_label(label: &str, models: &[(&str, &[String])]) -> Result<u64, String> {
     let wanted = label.trim();
     let shown = shorten(wanted);
+    if wanted.is_empty() {
+        return Err("expected a class index or a non-empty class label".to_owned());
+    }
     let mut found: Option<(u64, &str)> = None;
     for (id, labels) in models {
-        let Some(index) = labels
-            .iter()
-            .position(|l| l.trim().eq_ignore_ascii_case(wanted))
-        else {
-            return Err(format!(
+        let index = label_index(wanted, labels).map_err(|matches| match matches.as_slice() {
+            [] => format!(
                 "model `{id}` has no class labeled `{shown}`; give a label from `labels` in \
-                 GET /api/models, or a class index"
-            ));
-        };
-        let index = index as u64;
+                 GET /api/models or the model's labels file, or a class index"
+            ),
+            _ => format!(
+                "`{shown}` matches classes {} of model `{id}`, ignoring case; give the \
+                 class index",
+                matches
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })? as u64;
         match found {
             Some((first, first_id)) if first != index => {
                 return Err(format!(
@@ -382,6 +393,36 @@ fn class_of_label(label: &str, models: &[(&str, &[String])]) -> Result<u64, Stri
     found
         .map(|(index, _)| index)
         .ok_or_else(|| "no model is chosen".to_owned())
+}
+
+/// Returns the index of the one label equal to `wanted`, or else of the one
+/// equal ignoring case; on failure, every index that matched ignoring case.
+fn label_index(wanted: &str, labels: &[String]) -> Result<usize, Vec<usize>> {
+    let exact: Vec<usize> = (0..labels.len())
+        .filter(|&i| labels[i].trim() == wanted)
+        .collect();
+    if let [index] = exact.as_slice() {
+        return Ok(*index);
+    }
+    let lower = wanted.to_lowercase();
+    let folded: Vec<usize> = (0..labels.len())
+        .filter(|&i| labels[i].trim().to_lowercase() == lower)
+        .collect();
+    match folded.as_slice() {
+        [index] => Ok(*index),
+        _ => Err(folded),
+    }
+}
+
+/// Reads a non-negative whole number, written as an integer or as a float
+/// without a fraction.
+fn whole_number(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|x| x.fract() == 0.0 && *x >= 0.0 && *x < 2f64.powi(53))
+            .map(|x| x as u64)
+    })
 }
 
 /// The longest piece of a request that an error message repeats.
@@ -442,6 +483,22 @@ mod tests {
         let error = class_value(&json!(long), &models).expect_err("unknown label");
         assert!(error.len() < 400, "{} characters: {error}", error.len());
         assert!(error.contains('…'), "{error}");
+    }
+
+    #[test]
+    fn class_label_prefers_exact_match_and_rejects_ambiguity() {
+        let odd = labels(&["Café", "café", "cat", "cat", "ÉCLAIR", ""]);
+        let models = [("odd", odd.as_slice())];
+        assert_eq!(class_value(&json!("café"), &models), Ok(Some(1)));
+        assert_eq!(class_value(&json!("éclair"), &models), Ok(Some(4)));
+        let ambiguous = class_value(&json!("CAFÉ"), &models).expect_err("two matches");
+        assert!(ambiguous.contains("classes 0, 1"), "{ambiguous}");
+        let duplicate = class_value(&json!("cat"), &models).expect_err("two equal labels");
+        assert!(duplicate.contains("classes 2, 3"), "{duplicate}");
+        let empty = class_value(&json!("  "), &models).expect_err("empty label");
+        assert!(empty.contains("non-empty"), "{empty}");
+        assert_eq!(class_value(&json!(2.0), &models), Ok(Some(2)));
+        assert!(class_value(&json!(2.5), &models).is_err());
     }
 
     #[test]

@@ -265,7 +265,7 @@ fn image_not_found(id: &str) -> StoreError {
 
 /// The file name without folders (browsers may send `C:\fakepath\x.jpg`),
 /// without control characters, and at most [`MAX_NAME_CHARS`] long.
-fn display_name(file_name: &str) -> String {
+pub(crate) fn display_name(file_name: &str) -> String {
     let base = file_name
         .rsplit(['/', '\\'])
         .next()

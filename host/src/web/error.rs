@@ -32,7 +32,7 @@ pub enum ApiError {
     /// An upload with bad files. `source` is the first failure, `failed`
     /// lists every one, and `stored` the files of the same request that
     /// were stored.
-    #[error("{source}")]
+    #[error("{source}{}", more_failures(failed.len()))]
     Upload {
         source: Box<ApiError>,
         stored: Vec<ImageRecord>,
@@ -46,8 +46,34 @@ pub enum ApiError {
 /// A file of an upload that was not stored, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct FailedFile {
-    pub file: String,
+    /// The file's name, or `None` for a failure of the body itself.
+    pub file: Option<String>,
     pub error: String,
+}
+
+/// The maximum number of characters of an error message that a response or log line
+/// carries. Messages quote request values (ids, names, paths), and a
+/// megabyte-long id must not come back as a megabyte-long error.
+const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// Cuts `message` to [`MAX_MESSAGE_CHARS`] characters, marking the cut.
+pub(super) fn capped(message: String) -> String {
+    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((end, _)) => format!(
+            "{}… (message cut at {MAX_MESSAGE_CHARS} characters)",
+            &message[..end]
+        ),
+        None => message,
+    }
+}
+
+/// Points from the first failure of an upload to the others.
+fn more_failures(failed: usize) -> String {
+    match failed {
+        0 | 1 => String::new(),
+        2 => " (and 1 more failure, listed under `failed`)".to_owned(),
+        n => format!(" (and {} more failures, listed under `failed`)", n - 1),
+    }
 }
 
 #[derive(Serialize)]
@@ -74,10 +100,11 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
+        let message = capped(self.to_string());
         if status.is_server_error() {
-            tracing::error!(status = status.as_u16(), error = %self, "request failed");
+            tracing::error!(status = status.as_u16(), error = %message, "request failed");
         } else {
-            tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
+            tracing::debug!(status = status.as_u16(), error = %message, "request rejected");
         }
 
         let (stored, failed) = match self {
@@ -92,7 +119,7 @@ impl ResponseError for ApiError {
             response.insert_header((header::RETRY_AFTER, HeaderValue::from(seconds)));
         }
         response.json(ErrorBody {
-            error: self.to_string(),
+            error: message,
             stored,
             failed,
         })
@@ -232,6 +259,22 @@ mod tests {
     }
 
     #[test]
+    fn long_messages_are_cut() {
+        let error = ApiError::NotFound(format!("image `{}` not found", "x".repeat(100_000)));
+        let body = body_json(&error);
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(
+            message.chars().count() < 1100,
+            "{} characters",
+            message.len()
+        );
+        assert!(
+            message.ends_with("(message cut at 1000 characters)"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn upload_error_lists_stored_files() {
         let stored = vec![ImageRecord {
             id: "0123456789abcdef0123456789abcdef".into(),
@@ -248,7 +291,7 @@ mod tests {
             )),
             stored,
             failed: vec![FailedFile {
-                file: "b.txt".into(),
+                file: Some("b.txt".into()),
                 error: "not an image".into(),
             }],
         };

@@ -4,7 +4,7 @@
 //! file fields (any field name; fields without a file name are ignored).
 //! Files are read and stored one at a time, in the order they arrive. A file
 //! that breaks a limit or does not decode is skipped, and the rest are still
-//! stored. When every file was stored the response is `201` with
+//! stored, up to `uploads.max_files` files read, good or bad. When every file was stored the response is `201` with
 //! `{"images": [...]}`. Otherwise it carries the first bad file's status
 //! (413, 415 or 422) and error, which names the file, with every stored file
 //! under `stored` and every bad one under `failed`. A body that is not valid
@@ -16,11 +16,11 @@ use actix_web::{HttpResponse, web};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::error::FailedFile;
+use super::error::{FailedFile, capped};
 use super::{ApiError, Session, blocking};
 use crate::config::UploadConfig;
 use crate::imageio;
-use crate::store::{ImageRecord, Store};
+use crate::store::{ImageRecord, Store, display_name};
 
 /// Stored uploads never change under their id, so browsers may keep them;
 /// `private` keeps shared caches from storing one session's photos.
@@ -34,6 +34,8 @@ pub async fn upload(
 ) -> Result<HttpResponse, ApiError> {
     let mut stored = Vec::new();
     let mut failures: Vec<(Option<String>, ApiError)> = Vec::new();
+    // Files read, good or bad, so that bad files count toward the limit too.
+    let mut files = 0;
     while let Some(field) = payload.next().await {
         let field = match field {
             Ok(field) => field,
@@ -45,12 +47,26 @@ pub async fn upload(
             }
         };
         let name = file_name(&field);
-        match receive(field, &session, &store, &limits, stored.len()).await {
-            Ok(Some(record)) => stored.push(record),
+        if let Some(name) = name.as_deref().filter(|n| !n.is_empty())
+            && files >= limits.max_files
+        {
+            // The rest of the body is not read: a request cannot make the
+            // server decode more than `max_files` files, good or bad.
+            failures.push((Some(display_name(name)), too_many_files(name, &limits)));
+            break;
+        }
+        match receive(field, &session, &store, &limits, files).await {
+            Ok(Some(record)) => {
+                files += 1;
+                stored.push(record);
+            }
             Ok(None) => {}
             Err(error) => {
-                tracing::info!(session = session.id(), file = ?name, %error, "upload file rejected");
-                failures.push((name, error));
+                files += 1;
+                let shown = name.as_deref().map(display_name);
+                let message = capped(error.to_string());
+                tracing::info!(session = session.id(), file = ?shown, error = %message, "upload file rejected");
+                failures.push((shown, error));
             }
         }
     }
@@ -58,11 +74,9 @@ pub async fn upload(
     if !failures.is_empty() {
         let failed = failures
             .iter()
-            .filter_map(|(name, error)| {
-                name.as_ref().map(|file| FailedFile {
-                    file: file.clone(),
-                    error: error.to_string(),
-                })
+            .map(|(file, error)| FailedFile {
+                file: file.clone(),
+                error: capped(error.to_string()),
             })
             .collect();
         let (_, first) = failures.swap_remove(0);
@@ -102,10 +116,9 @@ async fn receive(
         return Ok(None);
     };
 
+    // Named files past the limit never get here; an unnamed part counts
+    // only once it turns out to hold bytes.
     let too_many = files_before >= limits.max_files;
-    if too_many && !name.is_empty() {
-        return Err(too_many_files(&name, limits));
-    }
     let bytes = read_limited(&mut field, &name, limits).await?;
     if name.is_empty() && bytes.is_empty() {
         return Ok(None);
@@ -119,18 +132,23 @@ async fn receive(
     Ok(Some(record))
 }
 
-/// Returns the file name a field was sent with, or `None` for a field without one.
+/// Returns the file name a field was sent with, plain (`filename=`) or
+/// encoded (`filename*=`), or `None` for a field without one.
 fn file_name(field: &Field) -> Option<String> {
-    field
-        .content_disposition()
-        .and_then(|disposition| disposition.get_filename())
-        .map(str::to_owned)
+    let disposition = field.content_disposition()?;
+    disposition.get_filename().map(str::to_owned).or_else(|| {
+        disposition
+            .get_filename_ext()
+            .map(|extended| String::from_utf8_lossy(&extended.value).into_owned())
+    })
 }
 
 fn too_many_files(name: &str, limits: &UploadConfig) -> ApiError {
     ApiError::TooLarge(format!(
-        "file `{name}` is one more than the {} files one upload may contain \
-         (uploads.max_files); send the rest in another request",
+        "file `{}` is one more than the {} files one upload may contain \
+         (uploads.max_files), so it and the files after it were not read; send them \
+         in another request",
+        display_name(name),
         limits.max_files
     ))
 }
@@ -146,11 +164,14 @@ async fn read_limited(
     while let Some(chunk) = field.next().await {
         let chunk = chunk.map_err(|error| {
             ApiError::BadRequest(format!(
-                "failed to read file `{name}` of the upload: {error}"
+                "failed to read file `{}` of the upload: {error}",
+                display_name(name)
             ))
         })?;
         if bytes.len() + chunk.len() > max_bytes {
-            return Err(imageio::larger_than_limit(limits).named(name).into());
+            return Err(imageio::larger_than_limit(limits)
+                .named(&display_name(name))
+                .into());
         }
         bytes.extend_from_slice(&chunk);
     }
@@ -423,6 +444,41 @@ mod tests {
             .filter_map(|f| f["file"].as_str())
             .collect();
         assert_eq!(failed, ["big.png", "x.txt"], "{body}");
+    }
+
+    #[actix_web::test]
+    async fn bad_files_count_toward_the_file_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let limits = UploadConfig {
+            max_files: 2,
+            ..UploadConfig::default()
+        };
+        let app = service!(store, limits);
+        let good = png(2, 2);
+        let files: [(&str, &[u8]); 4] = [
+            ("a.txt", b"bad"),
+            ("b.txt", b"bad"),
+            ("c.png", &good),
+            ("d.png", &good),
+        ];
+        let response = test::call_service(&app, upload_request(ALICE, &files).to_request()).await;
+        let body: serde_json::Value = test::read_body_json(response).await;
+        let failed: Vec<&str> = body["failed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["file"].as_str())
+            .collect();
+        assert_eq!(failed, ["a.txt", "b.txt", "c.png"], "{body}");
+        assert!(
+            body["failed"][2]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("uploads.max_files")),
+            "{body}"
+        );
+        assert!(body.get("stored").is_none(), "{body}");
+        assert!(store.list_images(ALICE).expect("list").is_empty());
     }
 
     #[actix_web::test]

@@ -199,7 +199,13 @@ async fn job_page(
         Err(ApiError::Store(StoreError::NotFound(_))) => false,
         Err(error) => return Err(error),
     };
-    let html = pages.job(&id, found).map_err(template_error)?;
+    // An unknown id is shown cut short: it comes from the request.
+    let shown = if found {
+        id
+    } else {
+        id.chars().take(DISPLAYED_PATH_CHARS).collect()
+    };
+    let html = pages.job(&shown, found).map_err(template_error)?;
     let status = if found {
         StatusCode::OK
     } else {
