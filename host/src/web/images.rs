@@ -437,13 +437,18 @@ mod tests {
         );
         let body: serde_json::Value = test::read_body_json(response).await;
         assert_eq!(body["stored"][0]["name"], "small.png", "{body}");
-        let failed: Vec<&str> = body["failed"]
+        let failed = failed_files(&body);
+        assert_eq!(failed, ["big.png", "x.txt"], "{body}");
+    }
+
+    /// Lists the file names under `failed` in an upload's error body.
+    fn failed_files(body: &serde_json::Value) -> Vec<&str> {
+        body["failed"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|f| f["file"].as_str())
-            .collect();
-        assert_eq!(failed, ["big.png", "x.txt"], "{body}");
+            .collect()
     }
 
     #[actix_web::test]
@@ -464,12 +469,7 @@ mod tests {
         ];
         let response = test::call_service(&app, upload_request(ALICE, &files).to_request()).await;
         let body: serde_json::Value = test::read_body_json(response).await;
-        let failed: Vec<&str> = body["failed"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|f| f["file"].as_str())
-            .collect();
+        let failed = failed_files(&body);
         assert_eq!(failed, ["a.txt", "b.txt", "c.png"], "{body}");
         assert!(
             body["failed"][2]["error"]
