@@ -24,6 +24,7 @@ pub mod model;
 pub mod plugin;
 pub mod render;
 pub mod store;
+pub mod text;
 pub mod web;
 
 pub use app::App;

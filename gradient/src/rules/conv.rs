@@ -96,29 +96,30 @@ pub(super) fn conv(bw: &mut Backward, n: &NodeGrads) -> Result<(), GradientError
 
     let sizes = spatial_sizes(bw, n.input(0));
     let unit_stride = window.strides.iter().all(|&s| s == 1);
-    let result = match flipped_weights(bw, weight, group) {
-        Some((dims, values)) if unit_stride => match unit_stride_pads(&window) {
-            Some(pads) => {
-                let w = bw.em.float_constant("flipped_weight", &dims, &values);
-                flipped_conv(bw, n.grad(), &w, &window, group, &pads)
-            }
-            None => transposed_conv(bw, n.grad(), weight, n.input(0), sizes, &window, group),
-        },
-        Some((dims, values)) => {
-            // Depthwise: one input and one output channel per group.
-            let depthwise = dims[1] == 1 && dims[0] == group && window.kernel.len() == 2;
-            let spread = sizes
-                .as_deref()
-                .filter(|_| depthwise)
-                .and_then(|sizes| Spread::plan(&window, sizes));
-            match spread {
-                Some(plan) => {
-                    let grid = spread_to_grid(bw, n.grad(), group, &window.strides, &plan.trailing);
-                    let w = bw.em.float_constant("flipped_weight", &dims, &values);
-                    flipped_conv(bw, &grid, &w, &window, group, &plan.pads)
-                }
-                None => transposed_conv(bw, n.grad(), weight, n.input(0), sizes, &window, group),
-            }
+    // The flipped Conv applies to the gradient itself at stride 1, and to
+    // the gradient spread onto the strided grid for a depthwise 2-D
+    // convolution. Everything else, or any pad the Conv cannot express,
+    // takes ConvTranspose.
+    let flipped = flipped_weights(bw, weight, group).and_then(|(dims, values)| {
+        let depthwise = dims[1] == 1 && dims[0] == group && window.kernel.len() == 2;
+        let (pads, spread) = if unit_stride {
+            (unit_stride_pads(&window)?, None)
+        } else if depthwise {
+            let plan = Spread::plan(&window, sizes.as_deref()?)?;
+            (plan.pads, Some(plan.trailing))
+        } else {
+            return None;
+        };
+        Some((dims, values, pads, spread))
+    });
+    let result = match flipped {
+        Some((dims, values, pads, spread)) => {
+            let g = match spread {
+                Some(trailing) => spread_to_grid(bw, n.grad(), group, &window.strides, &trailing),
+                None => n.grad().to_owned(),
+            };
+            let w = bw.em.float_constant("flipped_weight", &dims, &values);
+            flipped_conv(bw, &g, &w, &window, group, &pads)
         }
         None => transposed_conv(bw, n.grad(), weight, n.input(0), sizes, &window, group),
     };

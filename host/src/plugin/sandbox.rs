@@ -40,6 +40,7 @@ use super::bindings::{self, Descriptor, LogLevel, ModelError, Panel, Tensor, Vis
 use super::registry::LoadedPlugin;
 use crate::config::SandboxConfig;
 use crate::model::{self, Model};
+use crate::text::truncate;
 
 /// The limits of one render.
 #[derive(Debug, Clone)]
@@ -430,13 +431,6 @@ fn stderr_text(stderr: &[u8]) -> String {
 
 fn root_message(error: &wasmtime::Error) -> String {
     truncate(&format!("{error:#}"), 2000)
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_owned(),
-    }
 }
 
 /// Checks the shapes and sizes of a render's panels.

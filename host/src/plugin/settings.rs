@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::bindings::{Descriptor, SettingKind, SettingSpec, SettingValue};
 use crate::model::Model;
+use crate::text::truncate;
 
 /// A plugin's description as the API lists it.
 #[derive(Debug, Clone, Serialize)]
@@ -425,16 +426,13 @@ fn whole_number(value: &Value) -> Option<u64> {
     })
 }
 
-/// The longest piece of a request that an error message repeats.
+/// The maximum number of characters of a request value that a settings
+/// error repeats, so that a huge value does not come back as a huge error.
 const SHOWN_CHARS: usize = 80;
 
-/// Cuts `text` to [`SHOWN_CHARS`] characters for an error message, so that a
-/// huge value in a request does not come back as a huge error.
+/// Cuts a request value to [`SHOWN_CHARS`] characters for an error message.
 fn shorten(text: &str) -> String {
-    match text.char_indices().nth(SHOWN_CHARS) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_owned(),
-    }
+    truncate(text, SHOWN_CHARS)
 }
 
 fn parse_tensor(given: &Value, models: &[&Model]) -> Result<SettingValue, String> {

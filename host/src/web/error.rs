@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::imageio::ImageError;
 use crate::job::JobError;
 use crate::store::{ImageRecord, StoreError};
+use crate::text::truncate;
 
 /// An error of the HTTP API, with the status it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -58,12 +59,11 @@ const MAX_MESSAGE_CHARS: usize = 1000;
 
 /// Cuts `message` to [`MAX_MESSAGE_CHARS`] characters, marking the cut.
 pub(super) fn capped(message: String) -> String {
-    match message.char_indices().nth(MAX_MESSAGE_CHARS) {
-        Some((end, _)) => format!(
-            "{}… (message cut at {MAX_MESSAGE_CHARS} characters)",
-            &message[..end]
-        ),
-        None => message,
+    let cut = truncate(&message, MAX_MESSAGE_CHARS);
+    if cut.len() == message.len() {
+        message
+    } else {
+        format!("{cut} (message cut at {MAX_MESSAGE_CHARS} characters)")
     }
 }
 

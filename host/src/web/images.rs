@@ -33,7 +33,7 @@ pub async fn upload(
     mut payload: Multipart,
 ) -> Result<HttpResponse, ApiError> {
     let mut stored = Vec::new();
-    let mut failures: Vec<(Option<String>, ApiError)> = Vec::new();
+    let mut failures = Failures::default();
     // Files read, good or bad, so that bad files count toward the limit too.
     let mut files = 0;
     while let Some(field) = payload.next().await {
@@ -42,7 +42,7 @@ pub async fn upload(
             Err(error) => {
                 let error =
                     ApiError::BadRequest(format!("invalid multipart/form-data body: {error}"));
-                failures.push((None, error));
+                failures.add(&session, None, error);
                 break;
             }
         };
@@ -50,9 +50,9 @@ pub async fn upload(
         if let Some(name) = name.as_deref().filter(|n| !n.is_empty())
             && files >= limits.max_files
         {
-            // The rest of the body is not read: a request cannot make the
+            // The rest of the body is not read, so a request cannot make the
             // server decode more than `max_files` files, good or bad.
-            failures.push((Some(display_name(name)), too_many_files(name, &limits)));
+            failures.add(&session, Some(name), too_many_files(name, &limits));
             break;
         }
         match receive(field, &session, &store, &limits, files).await {
@@ -63,27 +63,16 @@ pub async fn upload(
             Ok(None) => {}
             Err(error) => {
                 files += 1;
-                let shown = name.as_deref().map(display_name);
-                let message = capped(error.to_string());
-                tracing::info!(session = session.id(), file = ?shown, error = %message, "upload file rejected");
-                failures.push((shown, error));
+                failures.add(&session, name.as_deref(), error);
             }
         }
     }
 
-    if !failures.is_empty() {
-        let failed = failures
-            .iter()
-            .map(|(file, error)| FailedFile {
-                file: file.clone(),
-                error: capped(error.to_string()),
-            })
-            .collect();
-        let (_, first) = failures.swap_remove(0);
+    if let Some(first) = failures.first {
         return Err(ApiError::Upload {
             source: Box::new(first),
             stored,
-            failed,
+            failed: failures.failed,
         });
     }
     if stored.is_empty() {
@@ -130,6 +119,28 @@ async fn receive(
     let (store, limits, session) = (store.clone(), limits.clone(), session.0.clone());
     let record = blocking(move || store.add_image(&session, &name, &bytes, &limits)).await?;
     Ok(Some(record))
+}
+
+/// The failures of one upload: the first one's error, which sets the
+/// response's status, and every one as the response lists it.
+#[derive(Default)]
+struct Failures {
+    first: Option<ApiError>,
+    failed: Vec<FailedFile>,
+}
+
+impl Failures {
+    /// Records that `file` (or the body itself, for `None`) failed, and logs it.
+    fn add(&mut self, session: &Session, file: Option<&str>, error: ApiError) {
+        let file = file.map(display_name);
+        let message = capped(error.to_string());
+        tracing::info!(session = session.id(), file = ?file, error = %message, "upload file rejected");
+        self.failed.push(FailedFile {
+            file,
+            error: message,
+        });
+        self.first.get_or_insert(error);
+    }
 }
 
 /// Returns the file name a field was sent with, plain (`filename=`) or

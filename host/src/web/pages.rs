@@ -21,6 +21,7 @@ use crate::model::{FailedModel, ModelSummary};
 use crate::plugin::PluginListing;
 use crate::render::{self, Scale};
 use crate::store::{Store, StoreError};
+use crate::text::truncate;
 
 const TEMPLATES: &[(&str, &str)] = &[
     ("base.html", include_str!("../../../templates/base.html")),
@@ -135,10 +136,7 @@ impl Pages {
     ///
     /// A template that does not fit the context, a bug the tests catch.
     pub fn not_found(&self, path: &str) -> Result<String, tera::Error> {
-        let mut displayed: String = path.chars().take(DISPLAYED_PATH_CHARS).collect();
-        if displayed.len() < path.len() {
-            displayed.push('\u{2026}');
-        }
+        let displayed = truncate(path, DISPLAYED_PATH_CHARS);
         let mut context = Context::new();
         context.insert("version", crate::HOST_VERSION);
         context.insert("path", &displayed);
@@ -199,13 +197,13 @@ async fn job_page(
         Err(ApiError::Store(StoreError::NotFound(_))) => false,
         Err(error) => return Err(error),
     };
-    // An unknown id is shown cut short: it comes from the request.
-    let shown = if found {
+    // An unknown id is shown cut short, because it comes from the request.
+    let displayed_id = if found {
         id
     } else {
-        id.chars().take(DISPLAYED_PATH_CHARS).collect()
+        truncate(&id, DISPLAYED_PATH_CHARS)
     };
-    let html = pages.job(&shown, found).map_err(template_error)?;
+    let html = pages.job(&displayed_id, found).map_err(template_error)?;
     let status = if found {
         StatusCode::OK
     } else {
