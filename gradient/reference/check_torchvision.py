@@ -79,8 +79,8 @@ def vgg11_small_head() -> nn.Module:
 # (name, constructor, ONNX opset, run ONNX shape inference first). Opsets
 # vary so that both operator forms (attributes before 13, inputs after) meet
 # real architectures. Swin's exported graph computes its reshape targets at
-# run time and records no shapes, which the engine's own shape inference
-# cannot follow; `onnx.shape_inference.infer_shapes` fills them in, as the
+# run time and records no shapes, so the engine's own shape inference cannot
+# follow it. `onnx.shape_inference.infer_shapes` fills them in, as the
 # engine's error message advises.
 ARCHITECTURES = [
     ("resnet18", torchvision.models.resnet18, 17, False),

@@ -148,7 +148,7 @@ fn infer_node(graph: &Graph, node: &NodeProto, shapes: &HashMap<String, Shape>) 
     }
 }
 
-/// The shape of `a @ b` under NumPy's matmul rules: a rank-1 operand gains
+/// Returns the shape of `a @ b` under NumPy's matmul rules: a rank-1 operand gains
 /// and then loses a unit axis, and the batch axes broadcast.
 fn matmul(a: &Shape, b: &Shape) -> Option<Shape> {
     if a.is_empty() || b.is_empty() {
@@ -178,9 +178,9 @@ fn matmul(a: &Shape, b: &Shape) -> Option<Shape> {
     Some(shape)
 }
 
-/// The shape of a Concat of `parts` along `axis`: the parts' shared rank, the
-/// sum of their sizes on `axis` (unknown unless all are fixed), and the first
-/// part's size on every other axis.
+/// Returns the shape of a Concat of `parts` along `axis`. It has the parts'
+/// shared rank, the sum of their sizes on `axis` (unknown unless all are
+/// fixed), and the first part's size on every other axis.
 fn concat(parts: &[Shape], axis: i64) -> Option<Shape> {
     let first = parts.first()?;
     let rank = first.len();

@@ -462,7 +462,8 @@ fn malformed_graphs_are_errors() {
     );
 }
 
-/// x [1, 6] -> Cast(to) -> Cast(float) -> y, for a floating `to` other than float32.
+/// Builds x [1, 6] -> Cast(to) -> Cast(float) -> y, for a floating `to` other
+/// than float32.
 fn cast_round_trip(to: i64) -> ModelProto {
     let mut b = GraphBuilder::new(17);
     let x = b.input("x", &[D::N(1), D::N(6)]);
@@ -486,7 +487,7 @@ fn other_float_widths_are_rejected() {
 }
 
 #[test]
-fn subgraph_reading_the_input_is_unsupported() {
+fn captured_input_is_unsupported() {
     let mut b = GraphBuilder::new(17);
     let x = b.input("x", &[D::N(1), D::N(6)]);
     let branch = |op: &str, output: &str| onnx_protobuf::GraphProto {
@@ -521,7 +522,7 @@ fn subgraph_reading_the_input_is_unsupported() {
 }
 
 #[test]
-fn non_float_output_or_intermediate_is_rejected() {
+fn non_float_targets_are_rejected() {
     let mut b = GraphBuilder::new(17);
     let x = b.input("x", &[D::N(1), D::N(6)]);
     let relu = b.op("Relu", &[&x], vec![]);
@@ -566,7 +567,7 @@ fn unknown_intermediate_lists_candidates() {
 }
 
 #[test]
-fn softmax_is_skipped_through_identity_but_not_over_the_batch() {
+fn softmax_behind_identity_is_skipped() {
     let mut b = GraphBuilder::new(17);
     let x = b.input("x", &[N, D::N(4)]);
     let w = b.floats(&[4, 3], Rng::new(1).values(12, -1.0, 1.0));
@@ -575,7 +576,10 @@ fn softmax_is_skipped_through_identity_but_not_over_the_batch() {
     let y = b.op("Identity", &[&probabilities], vec![]);
     let gradient = derive(&b.build(&y), &Request::default()).expect("derive succeeds");
     assert_eq!(gradient.logits, logits, "Softmax behind an Identity");
+}
 
+#[test]
+fn softmax_over_batch_is_kept() {
     let mut b = GraphBuilder::new(17);
     let x = b.input("x", &[N, D::N(4)]);
     let w = b.floats(&[4, 3], Rng::new(1).values(12, -1.0, 1.0));
@@ -606,7 +610,7 @@ fn repeated_intermediate_is_exposed_once() {
 }
 
 #[test]
-fn derived_model_documents_its_inputs_and_outputs() {
+fn derived_model_has_doc_strings() {
     let (model, logits) = softmax_classifier();
     let request = Request {
         intermediates: vec![logits],

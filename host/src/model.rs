@@ -454,8 +454,8 @@ pub struct ModelSummary {
     pub classes: usize,
     pub labels: Vec<String>,
     pub tensors: Vec<InspectableTensor>,
-    /// Why the gradient-based plugins cannot run on this model; `None` when
-    /// they can.
+    /// The reason the gradient-based plugins cannot run on this model, or
+    /// `None` when they can.
     pub gradients_unavailable: Option<String>,
 }
 

@@ -72,7 +72,7 @@ fn failed_image_is_recorded_and_others_complete() {
 }
 
 #[test]
-fn existing_results_are_not_mixed_with_new_ones() {
+fn non_empty_out_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).expect("create out");
@@ -103,7 +103,7 @@ fn existing_results_are_not_mixed_with_new_ones() {
 }
 
 #[test]
-fn gradient_model_lists_tensors_and_writes_a_model() {
+fn gradient_model_lists_and_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let model = repo_root().join("models/mnist-cnn.onnx");
 

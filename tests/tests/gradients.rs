@@ -39,7 +39,7 @@ const CANVAS: u32 = 600;
 const CANVAS_SEED: u64 = 0x5eed_ca75;
 
 #[test]
-fn model_without_gradient_rule_keeps_forward_plugins() {
+fn model_without_gradient_rule() {
     let models = tempfile::tempdir().expect("tempdir");
     write_max_model(models.path());
     let server = Server::start_with(ServerOptions {
@@ -61,16 +61,16 @@ fn model_without_gradient_rule_keeps_forward_plugins() {
         .upload(&data("mnist/7-1.png"))
         .expect("upload a digit");
     let saliency = picasso_tests::job(&[&digit], &["mnist-max"], "saliency", json!({}));
-    let refused = client.post("/api/jobs", &saliency).expect("post the job");
-    let error = refused.body["error"].as_str().unwrap_or_default();
+    let rejected = client.post("/api/jobs", &saliency).expect("post the job");
+    let error = rejected.body["error"].as_str().unwrap_or_default();
     assert_eq!(
-        refused.status, 400,
-        "a gradient plugin is refused: {}",
-        refused.body
+        rejected.status, 400,
+        "a gradient plugin is rejected: {}",
+        rejected.body
     );
     assert!(
         error.contains("`Max`"),
-        "the refusal gives the reason: {error}"
+        "the rejection gives the reason: {error}"
     );
 
     let probabilities =

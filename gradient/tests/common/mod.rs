@@ -346,7 +346,7 @@ pub fn graph(name: &str, value: GraphProto) -> AttributeProto {
     }
 }
 
-/// A scalar bool tensor attribute, as a Constant node's `value`.
+/// Returns a scalar bool tensor attribute, as a Constant node's `value`.
 pub fn bool_tensor(name: &str, value: bool) -> AttributeProto {
     AttributeProto {
         name: name.into(),

@@ -355,23 +355,23 @@ fn class_value(given: &Value, models: &[(&str, &[String])]) -> Result<Option<u32
 
 /// Finds the index of `label` in every model's labels, and checks that it is
 /// the same in all of them. Surrounding spaces are ignored. A label that
-/// matches one class exactly wins; otherwise case is ignored, and a label
+/// matches one class exactly wins. Otherwise case is ignored, and a label
 /// that then matches several classes is an error rather than a guess.
 fn class_of_label(label: &str, models: &[(&str, &[String])]) -> Result<u64, String> {
-    let wanted = label.trim();
-    let shown = shorten(wanted);
-    if wanted.is_empty() {
+    let label = label.trim();
+    let short_label = shorten(label);
+    if label.is_empty() {
         return Err("expected a class index or a non-empty class label".to_owned());
     }
     let mut found: Option<(u64, &str)> = None;
     for (id, labels) in models {
-        let index = label_index(wanted, labels).map_err(|matches| match matches.as_slice() {
+        let index = label_index(label, labels).map_err(|matches| match matches.as_slice() {
             [] => format!(
-                "model `{id}` has no class labeled `{shown}`; give a label from `labels` in \
+                "model `{id}` has no class labeled `{short_label}`; give a label from `labels` in \
                  GET /api/models or the model's labels file, or a class index"
             ),
             _ => format!(
-                "`{shown}` matches classes {} of model `{id}`, ignoring case; give the \
+                "`{short_label}` matches classes {} of model `{id}`, ignoring case; give the \
                  class index",
                 matches
                     .iter()
@@ -383,7 +383,7 @@ fn class_of_label(label: &str, models: &[(&str, &[String])]) -> Result<u64, Stri
         match found {
             Some((first, first_id)) if first != index => {
                 return Err(format!(
-                    "`{shown}` is class {first} of model `{first_id}` but class {index} of \
+                    "`{short_label}` is class {first} of model `{first_id}` but class {index} of \
                      model `{id}`; give a class index, or choose the models one at a time"
                 ));
             }
@@ -396,16 +396,17 @@ fn class_of_label(label: &str, models: &[(&str, &[String])]) -> Result<u64, Stri
         .ok_or_else(|| "no model is chosen".to_owned())
 }
 
-/// Returns the index of the one label equal to `wanted`, or else of the one
-/// equal ignoring case; on failure, every index that matched ignoring case.
-fn label_index(wanted: &str, labels: &[String]) -> Result<usize, Vec<usize>> {
+/// Returns the index of the one label equal to `label`, or else of the one
+/// equal to it ignoring case. When there is no such single label, the error
+/// lists every index that matched ignoring case.
+fn label_index(label: &str, labels: &[String]) -> Result<usize, Vec<usize>> {
     let exact: Vec<usize> = (0..labels.len())
-        .filter(|&i| labels[i].trim() == wanted)
+        .filter(|&i| labels[i].trim() == label)
         .collect();
     if let [index] = exact.as_slice() {
         return Ok(*index);
     }
-    let lower = wanted.to_lowercase();
+    let lower = label.to_lowercase();
     let folded: Vec<usize> = (0..labels.len())
         .filter(|&i| labels[i].trim().to_lowercase() == lower)
         .collect();
@@ -484,7 +485,7 @@ mod tests {
     }
 
     #[test]
-    fn class_label_prefers_exact_match_and_rejects_ambiguity() {
+    fn class_label_exact_or_ambiguous() {
         let odd = labels(&["Café", "café", "cat", "cat", "ÉCLAIR", ""]);
         let models = [("odd", odd.as_slice())];
         assert_eq!(class_value(&json!("café"), &models), Ok(Some(1)));

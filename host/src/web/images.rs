@@ -396,7 +396,7 @@ mod tests {
     }
 
     #[actix_web::test]
-    async fn bad_file_is_skipped_and_the_rest_stored() {
+    async fn bad_file_is_skipped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
         let app = service!(store, UploadConfig::default());
@@ -429,7 +429,7 @@ mod tests {
     }
 
     #[actix_web::test]
-    async fn oversized_file_does_not_stop_the_next() {
+    async fn oversized_file_is_skipped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
         let big = png(64, 64);
@@ -463,7 +463,7 @@ mod tests {
     }
 
     #[actix_web::test]
-    async fn bad_files_count_toward_the_file_limit() {
+    async fn bad_files_count_toward_limit() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
         let limits = UploadConfig {
